@@ -1,0 +1,39 @@
+# The README's commands. `make run` and `make test` each set up what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A local account so the embedded server works out of the box; set your own to override.
+NOTIFY_ACCOUNT_SID ?= ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+NOTIFY_AUTH_TOKEN ?= local-dev-auth-token
+export NOTIFY_ACCOUNT_SID NOTIFY_AUTH_TOKEN
+
+.PHONY: run test test-sqlite test-postgres lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test,dev]"
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/notify-server serve
+
+# SQLite always; PostgreSQL as well when NOTIFY_TEST_DATABASE_URL names one.
+test: $(BIN)/.installed lint test-sqlite
+	@if [ -n "$$NOTIFY_TEST_DATABASE_URL" ]; then $(MAKE) --no-print-directory test-postgres; fi
+
+test-sqlite: $(BIN)/.installed
+	env -u NOTIFY_TEST_DATABASE_URL $(BIN)/pytest
+
+test-postgres: $(BIN)/.installed
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests alembic bench
+	$(BIN)/ruff format --check src tests alembic bench
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/http_bench.py
+
+clean:
+	rm -rf $(VENV) *.egg-info notify-server.db* notify-server.key

@@ -1,0 +1,1 @@
+"""notify-server: the Twilio Notify v1 REST API, self-hosted."""

@@ -1,0 +1,187 @@
+"""Twilio's rules for Bindings, named after the spec's operationIds."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from notify_server.bindings import repository
+from notify_server.bindings.repository import LOCK_ENDPOINT, LOCK_IDENTITY, StoredBinding
+from notify_server.bindings.schemas import BINDING_TYPES, BindingForm, BindingListQuery
+from notify_server.credentials import repository as credentials
+from notify_server.errors import InvalidParameter, LimitExceeded, NotFound
+from notify_server.paging import Page, fetch_page
+from notify_server.services.operations import get_service
+from notify_server.wire import new_sid, utcnow
+
+MAX_BINDINGS_PER_IDENTITY = 20
+# Types whose protocol version defaults to the Service's default_<type>_... field.
+_SERVICE_DEFAULT_VERSION = {
+    "apn": "default_apn_notification_protocol_version",
+    "gcm": "default_gcm_notification_protocol_version",
+    "fcm": "default_fcm_notification_protocol_version",
+    "alexa": "default_alexa_notification_protocol_version",
+}
+# What Twilio's own samples show for channels whose payload format is fixed.
+FIXED_FORMAT_VERSION = "default"
+
+
+@dataclass(frozen=True)
+class BindingRecord:
+    sid: str
+    account_sid: str
+    service_sid: str
+    identity: str
+    binding_type: str
+    address: str
+    endpoint: str | None
+    credential_sid: str | None
+    notification_protocol_version: str
+    tags: list[str]
+    date_created: datetime
+    date_updated: datetime
+
+
+def _record(stored: StoredBinding, service_sid: str) -> BindingRecord:
+    return BindingRecord(
+        sid=stored.sid,
+        account_sid=stored.account_sid,
+        service_sid=service_sid,
+        identity=stored.identity,
+        binding_type=stored.binding_type,
+        address=stored.address,
+        endpoint=stored.endpoint,
+        credential_sid=stored.credential_sid,
+        notification_protocol_version=stored.notification_protocol_version,
+        tags=stored.tags,
+        date_created=stored.date_created,
+        date_updated=stored.date_updated,
+    )
+
+
+def create_binding(
+    conn: Connection, account_sid: str, service_sid: str, form: BindingForm
+) -> BindingRecord:
+    """Create a binding, or replace in place the one this registration repeats.
+
+    The same Endpoint, or else the same identity + type + address, names the same binding:
+    it keeps its sid and date_created. At most 20 bindings per identity, counted under a
+    lock so concurrent requests and several processes cannot overshoot.
+    """
+    service = get_service(conn, account_sid, service_sid)
+    if form.credential_sid and not credentials.exists(conn, account_sid, form.credential_sid):
+        raise InvalidParameter(
+            f"Parameter 'CredentialSid' is invalid: Credential {form.credential_sid} was not found"
+        )
+    default_column = _SERVICE_DEFAULT_VERSION.get(form.binding_type)
+    now = utcnow()
+    address_key = repository.digest(form.identity, form.binding_type, form.address)
+    endpoint_key = repository.digest(form.endpoint) if form.endpoint is not None else None
+    values = {
+        "identity": form.identity,
+        "binding_type": form.binding_type,
+        "address": form.address,
+        "address_key": address_key,
+        "endpoint": form.endpoint,
+        "endpoint_key": endpoint_key,
+        "credential_sid": form.credential_sid,
+        "notification_protocol_version": form.notification_protocol_version
+        or (getattr(service, default_column) if default_column else FIXED_FORMAT_VERSION),
+        "tags": form.tags,
+        "date_updated": now,
+    }
+
+    # Lock order is always endpoint, then identity: no two requests wait on each other.
+    if endpoint_key is not None:
+        repository.lock(conn, LOCK_ENDPOINT, service.id, endpoint_key)
+    repository.lock(conn, LOCK_IDENTITY, service.id, form.identity)
+
+    same_address = repository.by_address_key(conn, service.id, address_key)
+    same_endpoint = (
+        repository.by_endpoint_key(conn, service.id, endpoint_key) if endpoint_key else None
+    )
+    existing = same_endpoint or same_address
+    if existing is not None:
+        if same_address is not None and same_address.id != existing.id:
+            # The endpoint's binding takes over this identity+type+address: one device, one binding.
+            repository.delete_by_id(conn, same_address.id)
+        elif existing.identity != form.identity:
+            _check_identity_room(conn, service.id, form.identity)
+        repository.update_binding(conn, existing.id, service.id, values)
+        return _new_record(existing.sid, account_sid, service_sid, existing.date_created, values)
+
+    _check_identity_room(conn, service.id, form.identity)
+    sid = new_sid("BS")
+    repository.insert_binding(
+        conn,
+        service.id,
+        {**values, "sid": sid, "account_sid": account_sid, "date_created": now},
+    )
+    return _new_record(sid, account_sid, service_sid, now, values)
+
+
+def _new_record(
+    sid: str, account_sid: str, service_sid: str, date_created: datetime, values: dict
+) -> BindingRecord:
+    return BindingRecord(
+        sid=sid,
+        account_sid=account_sid,
+        service_sid=service_sid,
+        identity=values["identity"],
+        binding_type=values["binding_type"],
+        address=values["address"],
+        endpoint=values["endpoint"],
+        credential_sid=values["credential_sid"],
+        notification_protocol_version=values["notification_protocol_version"],
+        tags=values["tags"],
+        date_created=date_created,
+        date_updated=values["date_updated"],
+    )
+
+
+def _check_identity_room(conn: Connection, service_id: int, identity: str) -> None:
+    if repository.count_for_identity(conn, service_id, identity) >= MAX_BINDINGS_PER_IDENTITY:
+        raise LimitExceeded(
+            f"Identity '{identity}' already has the maximum of {MAX_BINDINGS_PER_IDENTITY}"
+            " Bindings in this Service"
+        )
+
+
+def fetch_binding(conn: Connection, account_sid: str, service_sid: str, sid: str) -> BindingRecord:
+    service = get_service(conn, account_sid, service_sid)
+    stored = repository.by_sid(conn, service.id, sid)
+    if stored is None:
+        raise NotFound()
+    return _record(stored, service_sid)
+
+
+def delete_binding(conn: Connection, account_sid: str, service_sid: str, sid: str) -> None:
+    service = get_service(conn, account_sid, service_sid)
+    if not repository.delete_by_sid(conn, service.id, sid):
+        raise NotFound()
+
+
+def list_bindings(
+    conn: Connection, account_sid: str, service_sid: str, query: BindingListQuery
+) -> Page[BindingRecord]:
+    service = get_service(conn, account_sid, service_sid)
+    # `all` selects everything; a binding type selects that type; the rest are stored tags.
+    binding_types = [t for t in query.tags if t in BINDING_TYPES]
+    stored_tags = [t for t in query.tags if t != "all" and t not in BINDING_TYPES]
+    page = fetch_page(
+        query.page_token,
+        query.page_size,
+        lambda after_id, before_id, limit: repository.page(
+            conn,
+            service.id,
+            identities=query.identities,
+            tags=stored_tags,
+            binding_types=binding_types,
+            start_date=query.start_date,
+            end_date=query.end_date,
+            after_id=after_id,
+            before_id=before_id,
+            limit=limit,
+        ),
+    )
+    return Page([_record(s, service_sid) for s in page.items], page.next_token, page.previous_token)

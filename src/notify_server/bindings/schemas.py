@@ -1,0 +1,127 @@
+import re
+from datetime import date
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+
+from notify_server.errors import InvalidParameter
+from notify_server.forms import Form, Optional, SidPattern
+from notify_server.wire import format_date, quote_segment
+
+if TYPE_CHECKING:
+    from notify_server.bindings.operations import BindingRecord
+
+BindingType = Literal["apn", "gcm", "sms", "fcm", "facebook-messenger", "alexa"]
+BINDING_TYPES: tuple[str, ...] = BindingType.__args__  # type: ignore[attr-defined]
+# `all` and each binding type select bindings implicitly; they are never stored as tags.
+IMPLICIT_TAGS = frozenset(("all", *BINDING_TYPES))
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+MAX_TAGS = 20
+MAX_TAG_FILTERS = 5
+MAX_IDENTITY_FILTERS = 1000
+
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Identity = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class BindingForm(Form):
+    identity: Identity = Field(alias="Identity")
+    binding_type: BindingType = Field(alias="BindingType")
+    address: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
+        alias="Address"
+    )
+    tags: list[Tag] = Field(default_factory=list, alias="Tag")
+    notification_protocol_version: Annotated[
+        str | None, Optional, StringConstraints(max_length=64)
+    ] = Field(default=None, alias="NotificationProtocolVersion")
+    credential_sid: Annotated[str | None, Optional, Field(pattern=SidPattern["CR"])] = Field(
+        default=None, alias="CredentialSid"
+    )
+    endpoint: Annotated[str | None, Optional, StringConstraints(max_length=1024)] = Field(
+        default=None, alias="Endpoint"
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def collapse_tags(cls, tags: list[str]) -> list[str]:
+        kept = [tag for tag in dict.fromkeys(tags) if tag not in IMPLICIT_TAGS]
+        if len(kept) > MAX_TAGS:
+            raise ValueError(f"a Binding can have at most {MAX_TAGS} tags")
+        return kept
+
+    @model_validator(mode="after")
+    def sms_address_is_e164(self) -> "BindingForm":
+        if self.binding_type == "sms" and not E164.fullmatch(self.address):
+            # Not a ValueError: pydantic would lose the parameter's name.
+            raise InvalidParameter(
+                "Parameter 'Address' is invalid: an sms Binding's Address must be a phone"
+                " number in E.164 format"
+            )
+        return self
+
+
+class BindingListQuery(Form):
+    start_date: Annotated[date | None, Optional] = Field(default=None, alias="StartDate")
+    end_date: Annotated[date | None, Optional] = Field(default=None, alias="EndDate")
+    identities: list[Identity] = Field(
+        default_factory=list, alias="Identity", max_length=MAX_IDENTITY_FILTERS
+    )
+    tags: list[Tag] = Field(default_factory=list, alias="Tag", max_length=MAX_TAG_FILTERS)
+    page_size: int = Field(default=50, ge=1, le=1000, alias="PageSize")
+    page: int = Field(default=0, ge=0, alias="Page")
+    page_token: Annotated[str | None, Optional] = Field(default=None, alias="PageToken")
+
+    def filters(self) -> dict[str, str | list[str]]:
+        """The filters as given, for the paging URLs."""
+        kept: dict[str, str | list[str]] = {}
+        if self.start_date:
+            kept["StartDate"] = self.start_date.isoformat()
+        if self.end_date:
+            kept["EndDate"] = self.end_date.isoformat()
+        if self.identities:
+            kept["Identity"] = self.identities
+        if self.tags:
+            kept["Tag"] = self.tags
+        return kept
+
+
+class BindingLinks(BaseModel):
+    user: str
+
+
+class BindingResource(BaseModel):
+    account_sid: str
+    address: str
+    binding_type: str
+    credential_sid: str | None
+    date_created: str
+    date_updated: str
+    endpoint: str | None
+    identity: str
+    notification_protocol_version: str
+    service_sid: str
+    sid: str
+    tags: list[str]
+    links: BindingLinks
+    url: str
+
+    @classmethod
+    def render(cls, record: "BindingRecord", base_url: str) -> dict:
+        service_url = f"{base_url}/v1/Services/{record.service_sid}"
+        return cls(
+            account_sid=record.account_sid,
+            address=record.address,
+            binding_type=record.binding_type,
+            credential_sid=record.credential_sid,
+            date_created=format_date(record.date_created),
+            date_updated=format_date(record.date_updated),
+            endpoint=record.endpoint,
+            identity=record.identity,
+            notification_protocol_version=record.notification_protocol_version,
+            service_sid=record.service_sid,
+            sid=record.sid,
+            tags=record.tags,
+            links=BindingLinks(user=f"{service_url}/Users/{quote_segment(record.identity)}"),
+            url=f"{service_url}/Bindings/{record.sid}",
+        ).model_dump()

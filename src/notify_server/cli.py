@@ -1,0 +1,142 @@
+"""notify-server serve | worker | db upgrade | accounts create | keys create"""
+
+import argparse
+import json
+import sys
+
+import uvicorn
+
+from notify_server import migrate
+from notify_server.accounts.operations import (
+    InvalidAccountSid,
+    UnknownAccount,
+    create_account,
+    create_api_key,
+    ensure_account,
+)
+from notify_server.config import Settings, get_settings
+from notify_server.db import make_engine, transaction
+
+
+def _ensure_configured_account(settings: Settings) -> None:
+    if settings.account_sid and settings.auth_token:
+        engine = make_engine(settings.database_url)
+        try:
+            with transaction(engine, write=True) as conn:
+                ensure_account(conn, settings.account_sid, settings.auth_token)
+        finally:
+            engine.dispose()
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Migrate once here, before any worker process starts.
+    if not args.no_migrate:
+        migrate.upgrade(settings.database_url)
+    _ensure_configured_account(settings)
+    uvicorn.run(
+        "notify_server.app:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        # Our own middleware sets every header a client needs.
+        server_header=False,
+    )
+    return 0
+
+
+def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    migrate.upgrade(settings.database_url, args.revision)
+    return 0
+
+
+def db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
+    migrate.downgrade(settings.database_url, args.revision)
+    return 0
+
+
+def accounts_create(args: argparse.Namespace, settings: Settings) -> int:
+    engine = make_engine(settings.database_url)
+    with transaction(engine, write=True) as conn:
+        account = create_account(conn, args.friendly_name)
+    engine.dispose()
+    if args.json:
+        print(json.dumps({"sid": account.sid, "auth_token": account.auth_token}))
+    else:
+        print(f"account sid: {account.sid}\nauth token:  {account.auth_token}")
+    return 0
+
+
+def keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    engine = make_engine(settings.database_url)
+    try:
+        with transaction(engine, write=True) as conn:
+            key = create_api_key(conn, args.account, args.friendly_name)
+    except UnknownAccount:
+        print(f"notify-server: no account {args.account}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({"sid": key.sid, "secret": key.secret}))
+    else:
+        print(f"key sid: {key.sid}\nsecret:  {key.secret}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="notify-server", description="The Twilio Notify v1 REST API, self-hosted."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="migrate the database, then serve the API")
+    serve_cmd.add_argument("--host", help="default NOTIFY_HOST or 127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, help="default NOTIFY_PORT or 8000")
+    serve_cmd.add_argument("--workers", type=int, default=1)
+    serve_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
+    serve_cmd.add_argument("--log-level", default="info")
+    serve_cmd.set_defaults(run=serve)
+
+    db_cmd = commands.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True
+    )
+    upgrade_cmd = db_cmd.add_parser("upgrade", help="migrate to the latest schema")
+    upgrade_cmd.add_argument("revision", nargs="?", default="head")
+    upgrade_cmd.set_defaults(run=db_upgrade)
+    downgrade_cmd = db_cmd.add_parser("downgrade", help="migrate back to a revision")
+    downgrade_cmd.add_argument("revision")
+    downgrade_cmd.set_defaults(run=db_downgrade)
+
+    accounts_cmd = commands.add_parser("accounts", help="accounts").add_subparsers(
+        dest="accounts_command", required=True
+    )
+    account_create = accounts_cmd.add_parser("create", help="create an account")
+    account_create.add_argument("--friendly-name")
+    account_create.add_argument("--json", action="store_true")
+    account_create.set_defaults(run=accounts_create)
+
+    keys_cmd = commands.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    key_create = keys_cmd.add_parser("create", help="create an API key of an account")
+    key_create.add_argument("--account", required=True, metavar="AC…")
+    key_create.add_argument("--friendly-name")
+    key_create.add_argument("--json", action="store_true")
+    key_create.set_defaults(run=keys_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    try:
+        return args.run(args, settings)
+    except InvalidAccountSid as exc:
+        print(f"notify-server: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

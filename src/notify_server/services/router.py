@@ -1,0 +1,65 @@
+"""HTTP only: check the path, authenticate, parse, one transaction, render."""
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from notify_server import web
+from notify_server.db import transaction
+from notify_server.services import operations
+from notify_server.services.schemas import ServiceForm, ServiceListQuery, ServiceResource
+
+router = APIRouter()
+
+
+@router.post("/v1/Services")
+async def create_service(request: Request) -> Response:
+    account_sid = web.authenticate(request)
+    form = ServiceForm.parse(await web.read_form(request))
+    with transaction(web.engine(request), write=True) as conn:
+        service = operations.create_service(conn, account_sid, form)
+    return web.json_response(ServiceResource.render(service, web.base_url(request)), 201)
+
+
+@router.get("/v1/Services")
+async def list_services(request: Request) -> Response:
+    account_sid = web.authenticate(request)
+    query = ServiceListQuery.parse(web.query(request))
+    with transaction(web.engine(request), write=False) as conn:
+        page = operations.list_services(conn, account_sid, query)
+    return web.page_response(
+        request,
+        key="services",
+        path="/v1/Services",
+        query=query,
+        page=page,
+        render=ServiceResource.render,
+    )
+
+
+@router.get("/v1/Services/{sid}")
+async def fetch_service(request: Request, sid: str) -> Response:
+    web.require_sid(sid, "IS")
+    account_sid = web.authenticate(request)
+    with transaction(web.engine(request), write=False) as conn:
+        service = operations.get_service(conn, account_sid, sid)
+    return web.json_response(ServiceResource.render(service, web.base_url(request)))
+
+
+@router.post("/v1/Services/{sid}")
+async def update_service(request: Request, sid: str) -> Response:
+    web.require_sid(sid, "IS")
+    account_sid = web.authenticate(request)
+    form = ServiceForm.parse(await web.read_form(request))
+    with transaction(web.engine(request), write=True) as conn:
+        service = operations.update_service(conn, account_sid, sid, form)
+    return web.json_response(ServiceResource.render(service, web.base_url(request)))
+
+
+@router.delete("/v1/Services/{sid}")
+async def delete_service(request: Request, sid: str) -> Response:
+    web.require_sid(sid, "IS")
+    account_sid = web.authenticate(request)
+    with transaction(web.engine(request), write=True) as conn:
+        operations.delete_service(conn, account_sid, sid)
+    return web.no_content()

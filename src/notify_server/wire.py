@@ -1,0 +1,103 @@
+"""Twilio's wire formats: SIDs, dates, form bodies, paging envelopes."""
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl, quote, urlencode
+
+SID_HEX = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def new_sid(prefix: str) -> str:
+    # Twilio SIDs are a two-letter prefix and 32 lower-case hex digits.
+    return prefix + uuid.uuid4().hex
+
+
+def is_sid(value: str | None, prefix: str) -> bool:
+    return (
+        value is not None
+        and len(value) == 34
+        and value.startswith(prefix)
+        and SID_HEX.fullmatch(value, 2) is not None
+    )
+
+
+def utcnow() -> datetime:
+    # Stored naive in UTC, to the second: that is all the wire shows.
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
+def format_date(value: datetime | None) -> str | None:
+    # twilio-python parses only this form; anything else stays a raw string.
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FormData:
+    """A form body or query string: repeated keys kept in order."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
+        self._items: dict[str, list[str]] = {}
+        for key, value in items:
+            self._items.setdefault(key, []).append(value)
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> "FormData":
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        return cls(parse_qsl(text, keep_blank_values=True))
+
+    def first(self, key: str) -> str | None:
+        values = self._items.get(key)
+        return values[0] if values else None
+
+    def all(self, key: str) -> list[str]:
+        return self._items.get(key, [])
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def as_dict(self) -> dict[str, str | list[str]]:
+        return {k: (v if len(v) > 1 else v[0]) for k, v in self._items.items()}
+
+
+def quote_segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def page_envelope(
+    *,
+    key: str,
+    records: list[dict],
+    page_url: str,
+    filters: Mapping[str, str | list[str]],
+    page: int,
+    page_size: int,
+    page_token: str | None,
+    next_token: str | None,
+    previous_token: str | None,
+) -> dict:
+    """The v1 list envelope; its URLs keep the filters and point at this server."""
+
+    def url(page_number: int, token: str | None) -> str:
+        params: list[tuple[str, str]] = []
+        for name, value in filters.items():
+            params.extend((name, v) for v in (value if isinstance(value, list) else [value]))
+        params += [("PageSize", str(page_size)), ("Page", str(page_number))]
+        if token:
+            params.append(("PageToken", token))
+        return f"{page_url}?{urlencode(params)}"
+
+    return {
+        key: records,
+        "meta": {
+            "page": page,
+            "page_size": page_size,
+            "first_page_url": url(0, None),
+            "previous_page_url": url(page - 1, previous_token) if previous_token else None,
+            "url": url(page, page_token),
+            "next_page_url": url(page + 1, next_token) if next_token else None,
+            "key": key,
+        },
+    }
