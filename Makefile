@@ -31,6 +31,7 @@ test-postgres: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests alembic bench
 	$(BIN)/ruff format --check src tests alembic bench
+	$(BIN)/mypy src
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/http_bench.py

@@ -15,7 +15,8 @@ class HasId(Protocol):
     def id(self) -> int: ...
 
 
-Item = TypeVar("Item", bound=HasId)
+Item = TypeVar("Item")
+Row = TypeVar("Row", bound=HasId)
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class Page(Generic[Item]):
 def fetch_page(
     page_token: str | None,
     page_size: int,
-    fetch: Callable[[int | None, int | None, int], Sequence[Item]],
-) -> Page[Item]:
+    fetch: Callable[[int | None, int | None, int], Sequence[Row]],
+) -> Page[Row]:
     """`fetch(after_id, before_id, limit)` returns rows in id order (descending when going back).
 
     One row more than the page is asked for, to know whether another page follows; the
@@ -47,6 +48,8 @@ def fetch_page(
     rows = list(fetch(after_id, before_id, page_size + 1))
     more = len(rows) > page_size
     rows = rows[:page_size]
+    next_token: str | None
+    previous_token: str | None
     if before_id is not None:
         rows.reverse()
         next_token = f"PT{rows[-1].id}" if rows else f"PT{before_id - 1}"

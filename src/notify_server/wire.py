@@ -28,9 +28,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 
 
-def format_date(value: datetime | None) -> str | None:
+def format_date(value: datetime) -> str:
     # twilio-python parses only this form; anything else stays a raw string.
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FormData:

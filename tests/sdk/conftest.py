@@ -53,7 +53,9 @@ def server(
         yield server
 
 
-def sdk_client(server: LiveServer, username: str, password: str, account_sid: str | None = None):
+def sdk_client(
+    server: LiveServer, username: str, password: str, account_sid: str | None = None
+) -> Client:
     """A twilio.rest.Client whose Notify domain is the live server."""
     client = Client(username, password, account_sid, http_client=RecordingHttpClient())
     client.notify.base_url = server.base_url
@@ -61,10 +63,12 @@ def sdk_client(server: LiveServer, username: str, password: str, account_sid: st
 
 
 @pytest.fixture
-def twilio(server: LiveServer, account: Account) -> Client:
+def sdk(server: LiveServer, account: Account) -> Client:
+    """The SDK authenticated as `account` (Account SID + auth token)."""
     return sdk_client(server, account.sid, account.auth_token)
 
 
 @pytest.fixture
-def wire(twilio: Client) -> RecordingHttpClient:
-    return twilio.http_client  # type: ignore[return-value]
+def wire(sdk: Client) -> RecordingHttpClient:
+    """What `sdk` sent and received."""
+    return sdk.http_client  # type: ignore[return-value]

@@ -1,11 +1,12 @@
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from notify_server.accounts.models import Account, ApiKey
 
-accounts = Account.__table__
-api_keys = ApiKey.__table__
+accounts = cast(Table, Account.__table__)
+api_keys = cast(Table, ApiKey.__table__)
 
 # Built once: rebuilding a statement per call costs more than running it.
 _ACCOUNT_TOKEN_HASH = select(accounts.c.auth_token_hash).where(accounts.c.sid == bindparam("sid"))

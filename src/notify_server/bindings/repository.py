@@ -4,14 +4,27 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import cast
 
 import orjson
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 
 from notify_server.bindings.models import Binding, BindingTag
 
-bindings = Binding.__table__
-binding_tags = BindingTag.__table__
+bindings = cast(Table, Binding.__table__)
+binding_tags = cast(Table, BindingTag.__table__)
 
 _COLUMNS = (
     bindings.c.id,

@@ -1,10 +1,12 @@
 """Every SQL statement on credentials. Flushes, never commits."""
 
-from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+from typing import cast
+
+from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, select, update
 
 from notify_server.credentials.models import Credential
 
-credentials = Credential.__table__
+credentials = cast(Table, Credential.__table__)
 
 _OWNED = (credentials.c.account_sid == bindparam("account_sid")) & (
     credentials.c.sid == bindparam("sid")

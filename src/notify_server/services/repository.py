@@ -1,12 +1,13 @@
 """Every SQL statement on services. Flushes, never commits."""
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, select, update
 
 from notify_server.services.models import Service
 
-services = Service.__table__
+services = cast(Table, Service.__table__)
 
 _OWNED = (services.c.account_sid == bindparam("account_sid")) & (services.c.sid == bindparam("sid"))
 _BY_SID = select(services).where(_OWNED)
