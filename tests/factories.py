@@ -6,6 +6,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from notify_server.accounts.operations import create_account, create_api_key
+from notify_server.crypto import SecretBox
 from notify_server.db import transaction
 
 
@@ -19,9 +20,10 @@ class Account:
         return (self.sid, self.auth_token)
 
 
-def make_account(engine: Engine) -> Account:
+def make_account(engine: Engine, box: SecretBox | None = None) -> Account:
+    """An account; with `box`, its token is also kept sealed (to sign delivery callbacks)."""
     with transaction(engine, write=True) as conn:
-        created = create_account(conn)
+        created = create_account(conn, box)
     return Account(created.sid, created.auth_token)
 
 

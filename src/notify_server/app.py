@@ -1,5 +1,6 @@
 """create_app(settings): routers, the one error handler, the wire-level middleware."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from notify_server.config import Settings, get_settings
 from notify_server.credentials.router import router as credentials_router
 from notify_server.crypto import SecretBox
 from notify_server.db import make_engine
+from notify_server.delivery.worker import DeliveryWorker
 from notify_server.errors import (
     InternalError,
     InvalidParameter,
@@ -27,6 +29,7 @@ from notify_server.errors import (
     TwilioError,
     twilio_error_response,
 )
+from notify_server.notifications.router import router as notifications_router
 from notify_server.services.router import router as services_router
 
 log = logging.getLogger("notify_server")
@@ -113,9 +116,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
 
+    secret_box = SecretBox(settings.secret_key, settings.secret_key_file)
+    worker = DeliveryWorker(engine, settings, secret_box)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(worker.run()) if settings.worker_enabled else None
         yield
+        if task is not None:
+            await worker.stop()
+            task.cancel()
         engine.dispose()
 
     app = FastAPI(
@@ -128,7 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.authenticator = Authenticator(engine, settings.auth_cache_seconds)
-    app.state.secret_box = SecretBox(settings.secret_key, settings.secret_key_file)
+    app.state.secret_box = secret_box
+    app.state.delivery_worker = worker
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -137,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(services_router)
     app.include_router(bindings_router)
     app.include_router(credentials_router)
+    app.include_router(notifications_router)
     install_error_handlers(app)
     app.add_middleware(TwilioWire)
     return app

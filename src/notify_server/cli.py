@@ -15,7 +15,12 @@ from notify_server.accounts.operations import (
     ensure_account,
 )
 from notify_server.config import Settings, get_settings
+from notify_server.crypto import SecretBox
 from notify_server.db import make_engine, transaction
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    return SecretBox(settings.secret_key, settings.secret_key_file)
 
 
 def _ensure_configured_account(settings: Settings) -> None:
@@ -23,7 +28,9 @@ def _ensure_configured_account(settings: Settings) -> None:
         engine = make_engine(settings.database_url)
         try:
             with transaction(engine, write=True) as conn:
-                ensure_account(conn, settings.account_sid, settings.auth_token)
+                ensure_account(
+                    conn, secret_box(settings), settings.account_sid, settings.auth_token
+                )
         finally:
             engine.dispose()
 
@@ -59,7 +66,7 @@ def db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
 def accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     engine = make_engine(settings.database_url)
     with transaction(engine, write=True) as conn:
-        account = create_account(conn, args.friendly_name)
+        account = create_account(conn, secret_box(settings), args.friendly_name)
     engine.dispose()
     if args.json:
         print(json.dumps({"sid": account.sid, "auth_token": account.auth_token}))

@@ -23,6 +23,28 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # Delivery. `serve` runs a worker in each process unless worker_enabled is false;
+    # `notify-server worker` runs one on its own.
+    worker_enabled: bool = True
+    worker_concurrency: int = Field(default=64, ge=1)
+    worker_poll_seconds: float = Field(default=0.5, gt=0)
+    # A claimed row whose worker died is claimed again after this long.
+    delivery_lease_seconds: float = Field(default=30.0, gt=0)
+    delivery_timeout_seconds: float = Field(default=10.0, gt=0)
+    callback_batch_size: int = Field(default=1000, ge=1, le=1000)
+    # Provider base URLs: configurable so tests run against local fakes.
+    apns_production_url: str = "https://api.push.apple.com"
+    apns_sandbox_url: str = "https://api.sandbox.push.apple.com"
+    fcm_url: str = "https://fcm.googleapis.com"
+    # Overrides the service account's token_uri (tests point it at a fake).
+    fcm_token_url: str | None = None
+    # A Twilio-compatible Messages API for sms bindings; unset: the log channel.
+    sms_base_url: str = "https://api.twilio.com"
+    sms_account_sid: str | None = None
+    sms_auth_token: str | None = None
+    # Used when the Service has no MessagingServiceSid.
+    sms_from: str | None = None
+
 
 @lru_cache
 def get_settings() -> Settings:

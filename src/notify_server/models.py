@@ -4,6 +4,17 @@ from notify_server.accounts.models import Account, ApiKey
 from notify_server.bindings.models import Binding, BindingTag
 from notify_server.credentials.models import Credential
 from notify_server.db import Base
+from notify_server.notifications.models import Delivery, Notification
 from notify_server.services.models import Service
 
-__all__ = ["Account", "ApiKey", "Base", "Binding", "BindingTag", "Credential", "Service"]
+__all__ = [
+    "Account",
+    "ApiKey",
+    "Base",
+    "Binding",
+    "BindingTag",
+    "Credential",
+    "Delivery",
+    "Notification",
+    "Service",
+]

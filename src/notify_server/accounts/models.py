@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from notify_server.db import Base
@@ -14,6 +14,8 @@ class Account(Base):
     friendly_name: Mapped[str | None] = mapped_column(String(64))
     # SHA-256 of a random 128-bit token: a slow password hash buys nothing here.
     auth_token_hash: Mapped[str] = mapped_column(String(64))
+    # The token itself, encrypted: delivery callbacks are signed with it, as Twilio signs.
+    auth_token_sealed: Mapped[str | None] = mapped_column(Text)
     date_created: Mapped[datetime]
     date_updated: Mapped[datetime]
 

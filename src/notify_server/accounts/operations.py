@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from notify_server.accounts import repository
+from notify_server.crypto import SecretBox
 from notify_server.wire import is_sid, new_sid, utcnow
 
 
@@ -35,19 +36,27 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_account(conn: Connection, friendly_name: str | None = None) -> NewAccount:
+def _sealed(box: SecretBox | None, auth_token: str) -> str | None:
+    # Kept encrypted (besides the hash) because delivery callbacks are signed with it.
+    return box.seal({"auth_token": auth_token}) if box is not None else None
+
+
+def create_account(
+    conn: Connection, box: SecretBox | None, friendly_name: str | None = None
+) -> NewAccount:
     account = NewAccount(sid=new_sid("AC"), auth_token=secrets.token_hex(16))
     repository.insert_account(
         conn,
         sid=account.sid,
         friendly_name=friendly_name,
         token_hash=hash_secret(account.auth_token),
+        token_sealed=_sealed(box, account.auth_token),
         now=utcnow(),
     )
     return account
 
 
-def ensure_account(conn: Connection, sid: str, auth_token: str) -> None:
+def ensure_account(conn: Connection, box: SecretBox | None, sid: str, auth_token: str) -> None:
     """The account named in configuration exists and answers to this token."""
     if not is_sid(sid, "AC"):
         raise InvalidAccountSid(f"NOTIFY_ACCOUNT_SID must match ^AC[0-9a-fA-F]{{32}}$: {sid!r}")
@@ -55,10 +64,15 @@ def ensure_account(conn: Connection, sid: str, auth_token: str) -> None:
     current = repository.account_token_hash(conn, sid)
     if current is None:
         repository.insert_account(
-            conn, sid=sid, friendly_name=None, token_hash=token_hash, now=utcnow()
+            conn,
+            sid=sid,
+            friendly_name=None,
+            token_hash=token_hash,
+            token_sealed=_sealed(box, auth_token),
+            now=utcnow(),
         )
-    elif current != token_hash:
-        repository.set_account_token_hash(conn, sid, token_hash, utcnow())
+    elif current != token_hash or repository.account_token_sealed(conn, sid) is None:
+        repository.set_account_token(conn, sid, token_hash, _sealed(box, auth_token), utcnow())
 
 
 def create_api_key(

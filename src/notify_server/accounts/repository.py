@@ -29,25 +29,38 @@ def account_exists(conn: Connection, sid: str) -> bool:
 
 
 def insert_account(
-    conn: Connection, *, sid: str, friendly_name: str | None, token_hash: str, now: datetime
+    conn: Connection,
+    *,
+    sid: str,
+    friendly_name: str | None,
+    token_hash: str,
+    token_sealed: str | None,
+    now: datetime,
 ) -> None:
     conn.execute(
         insert(accounts).values(
             sid=sid,
             friendly_name=friendly_name,
             auth_token_hash=token_hash,
+            auth_token_sealed=token_sealed,
             date_created=now,
             date_updated=now,
         )
     )
 
 
-def set_account_token_hash(conn: Connection, sid: str, token_hash: str, now: datetime) -> None:
+def set_account_token(
+    conn: Connection, sid: str, token_hash: str, token_sealed: str | None, now: datetime
+) -> None:
     conn.execute(
         update(accounts)
         .where(accounts.c.sid == sid)
-        .values(auth_token_hash=token_hash, date_updated=now)
+        .values(auth_token_hash=token_hash, auth_token_sealed=token_sealed, date_updated=now)
     )
+
+
+def account_token_sealed(conn: Connection, sid: str) -> str | None:
+    return conn.execute(select(accounts.c.auth_token_sealed).where(accounts.c.sid == sid)).scalar()
 
 
 def insert_api_key(

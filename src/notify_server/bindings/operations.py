@@ -1,5 +1,6 @@
 """Twilio's rules for Bindings, named after the spec's operationIds."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -161,13 +162,18 @@ def delete_binding(conn: Connection, account_sid: str, service_sid: str, sid: st
         raise NotFound()
 
 
+def split_tags(tags: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(binding types, stored tags): `all` selects everything, a type name selects that type."""
+    binding_types = [t for t in tags if t in BINDING_TYPES]
+    stored_tags = [t for t in tags if t != "all" and t not in BINDING_TYPES]
+    return binding_types, stored_tags
+
+
 def list_bindings(
     conn: Connection, account_sid: str, service_sid: str, query: BindingListQuery
 ) -> Page[BindingRecord]:
     service = get_service(conn, account_sid, service_sid)
-    # `all` selects everything; a binding type selects that type; the rest are stored tags.
-    binding_types = [t for t in query.tags if t in BINDING_TYPES]
-    stored_tags = [t for t in query.tags if t != "all" and t not in BINDING_TYPES]
+    binding_types, stored_tags = split_tags(query.tags)
     page = fetch_page(
         query.page_token,
         query.page_size,

@@ -8,6 +8,7 @@ from typing import cast
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Row,
     Table,
@@ -169,6 +170,26 @@ def delete_by_sid(conn: Connection, service_id: int, sid: str) -> bool:
     return conn.execute(_DELETE_BY_SID, {"service_id": service_id, "sid": sid}).rowcount > 0
 
 
+def matching(
+    service_id: int,
+    *,
+    identities: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    binding_types: Sequence[str] = (),
+) -> list[ColumnElement[bool]]:
+    """Conditions for a service's bindings with any of the identities and all of the tags."""
+    conditions = [bindings.c.service_id == service_id]
+    if identities:
+        conditions.append(bindings.c.identity.in_(identities))
+    conditions.extend(bindings.c.binding_type == t for t in binding_types)
+    for tag in tags:
+        tagged = select(binding_tags.c.binding_id).where(
+            binding_tags.c.service_id == service_id, binding_tags.c.tag == tag
+        )
+        conditions.append(bindings.c.id.in_(tagged))
+    return conditions
+
+
 def page(
     conn: Connection,
     service_id: int,
@@ -183,15 +204,7 @@ def page(
     limit: int,
 ) -> list[StoredBinding]:
     """Up to `limit` bindings in id order, after `after_id` or (backwards) before `before_id`."""
-    conditions = [bindings.c.service_id == service_id]
-    if identities:
-        conditions.append(bindings.c.identity.in_(identities))
-    conditions.extend(bindings.c.binding_type == t for t in binding_types)
-    for tag in tags:
-        tagged = select(binding_tags.c.binding_id).where(
-            binding_tags.c.service_id == service_id, binding_tags.c.tag == tag
-        )
-        conditions.append(bindings.c.id.in_(tagged))
+    conditions = matching(service_id, identities=identities, tags=tags, binding_types=binding_types)
     if start_date:
         conditions.append(bindings.c.date_created >= datetime.combine(start_date, time.min))
     if end_date:

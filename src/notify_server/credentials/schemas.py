@@ -1,14 +1,28 @@
+import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from cryptography.hazmat.primitives import serialization
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from notify_server.forms import Boolean, Form, Optional
 from notify_server.wire import format_date
 
 CredentialType = Literal["gcm", "apn", "fcm"]
 Secret = Annotated[str | None, Optional, StringConstraints(max_length=65536)]
-# The write-only fields, by the names they are sealed under.
-SECRET_FIELDS = ("certificate", "private_key", "api_key", "secret")
+# The write-only fields, by the names they are sealed under. The last five are our extension
+# for today's providers: an APNs token key (.p8) with its ids, and an FCM service account.
+SECRET_FIELDS = (
+    "certificate",
+    "private_key",
+    "api_key",
+    "secret",
+    "token_key",
+    "key_id",
+    "team_id",
+    "bundle_id",
+    "service_account",
+)
+_SERVICE_ACCOUNT_KEYS = ("project_id", "client_email", "private_key")
 
 
 class CredentialUpdateForm(Form):
@@ -20,6 +34,44 @@ class CredentialUpdateForm(Form):
     sandbox: Boolean | None = Field(default=None, alias="Sandbox")
     api_key: Secret = Field(default=None, alias="ApiKey")
     secret: Secret = Field(default=None, alias="Secret")
+    token_key: Secret = Field(default=None, alias="TokenKey")
+    key_id: Annotated[str | None, Optional, StringConstraints(max_length=64)] = Field(
+        default=None, alias="KeyId"
+    )
+    team_id: Annotated[str | None, Optional, StringConstraints(max_length=64)] = Field(
+        default=None, alias="TeamId"
+    )
+    bundle_id: Annotated[str | None, Optional, StringConstraints(max_length=256)] = Field(
+        default=None, alias="BundleId"
+    )
+    service_account: Secret = Field(default=None, alias="ServiceAccount")
+
+    @field_validator("service_account")
+    @classmethod
+    def service_account_is_json(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise ValueError("must be a service account JSON key file") from None
+        if not isinstance(parsed, dict) or not all(parsed.get(k) for k in _SERVICE_ACCOUNT_KEYS):
+            raise ValueError(
+                "must be a service account JSON key file with project_id, client_email and"
+                " private_key"
+            )
+        return value
+
+    @field_validator("token_key")
+    @classmethod
+    def token_key_is_pem(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            serialization.load_pem_private_key(value.encode(), password=None)
+        except (ValueError, TypeError):
+            raise ValueError("must be the PEM text of an APNs .p8 key") from None
+        return value
 
     def given(self) -> dict:
         return {name: getattr(self, name) for name in self.model_fields_set}

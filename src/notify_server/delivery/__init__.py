@@ -1,0 +1,1 @@
+"""Delivering notifications: the outbox worker and one channel adapter per provider."""

@@ -1,0 +1,65 @@
+"""What a channel adapter receives and answers; which adapter serves a delivery."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Protocol
+
+
+class Outcome(Enum):
+    SENT = "sent"  # the provider accepted it
+    FAILED = "failed"  # final: retrying cannot help
+    RETRY = "retry"  # transient: try again later, while the TTL lasts
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    provider_message_id: str | None = None
+    provider_status: int | None = None
+    provider_response: str | None = None
+    error_message: str | None = None
+    # The provider says the address is dead (APNs 410/BadDeviceToken, FCM UNREGISTERED):
+    # the binding is deleted.
+    unregistered: bool = False
+
+
+@dataclass(frozen=True)
+class CredentialSecrets:
+    """A Notify Credential as a channel needs it: type, sandbox, and the decrypted secrets
+    (certificate, private_key, api_key, secret, token_key, key_id, team_id, bundle_id,
+    service_account)."""
+
+    sid: str
+    type: str
+    sandbox: bool
+    secrets: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One outbox row, claimed by a worker, with everything needed to send it."""
+
+    delivery_id: int
+    attempt: int
+    binding_type: str
+    address: str
+    identity: str | None
+    binding_sid: str | None
+    expires_at: datetime
+    notification_sid: str
+    account_sid: str
+    service_sid: str
+    messaging_service_sid: str | None
+    # The notification's echoed fields: title, body, sound, action, priority, ttl, data,
+    # and the per-channel overrides apn, fcm, gcm, sms, ...
+    content: dict[str, Any]
+    credential: CredentialSecrets | None = field(default=None)
+
+
+class Channel(Protocol):
+    name: str
+
+    async def send(self, job: Job) -> Result: ...
+
+    async def aclose(self) -> None: ...

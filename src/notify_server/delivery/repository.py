@@ -1,0 +1,252 @@
+"""Every SQL statement of the delivery worker. Flushes, never commits."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    select,
+    update,
+)
+
+from notify_server.accounts.models import Account
+from notify_server.bindings.models import Binding
+from notify_server.credentials.models import Credential
+from notify_server.notifications.repository import (
+    FAILED,
+    FINAL,
+    PENDING,
+    SENDING,
+    SENT,
+    deliveries,
+    notifications,
+)
+from notify_server.services.models import Service
+
+services = cast(Table, Service.__table__)
+credentials = cast(Table, Credential.__table__)
+accounts = cast(Table, Account.__table__)
+bindings = cast(Table, Binding.__table__)
+
+
+def claim(conn: Connection, *, now: datetime, lease_until: datetime, limit: int) -> list[Row]:
+    """Take up to `limit` due rows: pending ones, and sending ones whose lease ran out (their
+    worker died). SKIP LOCKED lets several workers share PostgreSQL without double delivery;
+    on SQLite the write transaction itself is exclusive."""
+    due = (
+        select(deliveries.c.id)
+        .where(deliveries.c.status.in_((PENDING, SENDING)), deliveries.c.next_attempt_at <= now)
+        .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = (
+        update(deliveries)
+        .where(deliveries.c.id.in_(due.scalar_subquery()))
+        .values(
+            status=SENDING,
+            attempts=deliveries.c.attempts + 1,
+            next_attempt_at=lease_until,
+            date_updated=now,
+        )
+        .returning(deliveries.c.id)
+    )
+    ids = [row.id for row in conn.execute(claimed)]
+    if not ids:
+        return []
+    jobs = (
+        select(
+            deliveries.c.id,
+            deliveries.c.attempts,
+            deliveries.c.binding_type,
+            deliveries.c.address,
+            deliveries.c.identity,
+            deliveries.c.binding_sid,
+            deliveries.c.binding_id,
+            deliveries.c.expires_at,
+            func.coalesce(
+                deliveries.c.credential_sid, _service_credential_for(deliveries.c.binding_type)
+            ).label("credential_sid"),
+            notifications.c.sid.label("notification_sid"),
+            notifications.c.account_sid,
+            notifications.c.content,
+            services.c.sid.label("service_sid"),
+            services.c.messaging_service_sid,
+        )
+        .join(notifications, notifications.c.id == deliveries.c.notification_id)
+        .join(services, services.c.id == deliveries.c.service_id)
+        .where(deliveries.c.id.in_(ids))
+        .order_by(deliveries.c.id)
+    )
+    return list(conn.execute(jobs))
+
+
+def _service_credential_for(binding_type: ColumnElement[str]) -> ColumnElement[str | None]:
+    # GCM bindings are delivered through FCM: a service with only an FCM credential serves both.
+    return case(
+        (binding_type == "apn", services.c.apn_credential_sid),
+        (binding_type == "fcm", services.c.fcm_credential_sid),
+        (
+            binding_type == "gcm",
+            func.coalesce(services.c.gcm_credential_sid, services.c.fcm_credential_sid),
+        ),
+        else_=None,
+    )
+
+
+_CREDENTIAL = select(
+    credentials.c.sid, credentials.c.type, credentials.c.sandbox, credentials.c.encrypted_secrets
+).where(credentials.c.sid == bindparam("sid"))
+
+
+def credential(conn: Connection, sid: str) -> Row | None:
+    return conn.execute(_CREDENTIAL, {"sid": sid}).first()
+
+
+_MARK_SENT = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == SENDING)
+    .values(
+        status=SENT,
+        provider_message_id=bindparam("provider_message_id"),
+        provider_status=bindparam("provider_status"),
+        provider_response=bindparam("provider_response"),
+        error_message=None,
+        date_updated=bindparam("now"),
+    )
+)
+_MARK_FAILED = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == SENDING)
+    .values(
+        status=FAILED,
+        provider_message_id=bindparam("provider_message_id"),
+        provider_status=bindparam("provider_status"),
+        provider_response=bindparam("provider_response"),
+        error_message=bindparam("error_message"),
+        date_updated=bindparam("now"),
+    )
+)
+_MARK_RETRY = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == SENDING)
+    .values(
+        status=PENDING,
+        next_attempt_at=bindparam("next_attempt_at"),
+        provider_status=bindparam("provider_status"),
+        provider_response=bindparam("provider_response"),
+        error_message=bindparam("error_message"),
+        date_updated=bindparam("now"),
+    )
+)
+
+
+def mark_sent(conn: Connection, delivery_id: int, now: datetime, **provider: object) -> None:
+    conn.execute(_MARK_SENT, {"delivery_id": delivery_id, "now": now, **provider})
+
+
+def mark_failed(conn: Connection, delivery_id: int, now: datetime, **provider: object) -> None:
+    conn.execute(_MARK_FAILED, {"delivery_id": delivery_id, "now": now, **provider})
+
+
+def mark_retry(
+    conn: Connection, delivery_id: int, now: datetime, next_attempt_at: datetime, **provider: object
+) -> None:
+    params = {"delivery_id": delivery_id, "now": now, "next_attempt_at": next_attempt_at}
+    conn.execute(_MARK_RETRY, {**params, **provider})
+
+
+def delete_binding(conn: Connection, binding_id: int) -> None:
+    # Its outbox rows keep their address and binding_sid (binding_id goes NULL).
+    conn.execute(delete(bindings).where(bindings.c.id == binding_id))
+
+
+# Delivery callbacks
+
+
+def notifications_to_report(conn: Connection, limit: int) -> list[int]:
+    statement = (
+        select(deliveries.c.notification_id)
+        .where(deliveries.c.reported.is_(False), deliveries.c.status.in_(FINAL))
+        .distinct()
+        .limit(limit)
+    )
+    return [row.notification_id for row in conn.execute(statement)]
+
+
+def lease_callback(conn: Connection, notification_id: int, now: datetime, until: datetime) -> bool:
+    """Whether this worker now owns the notification's callbacks (until `until`)."""
+    free = (notifications.c.callback_locked_until.is_(None)) | (
+        notifications.c.callback_locked_until < now
+    )
+    statement = (
+        update(notifications)
+        .where(notifications.c.id == notification_id, free)
+        .values(callback_locked_until=until)
+    )
+    return conn.execute(statement).rowcount == 1
+
+
+def callback_batch(
+    conn: Connection, notification_id: int, limit: int
+) -> tuple[Row, list[Row], bool]:
+    """(the notification, up to `limit` final unreported rows, whether this batch is the last)."""
+    notification = conn.execute(
+        select(
+            notifications.c.id,
+            notifications.c.sid,
+            notifications.c.account_sid,
+            notifications.c.delivery_callback_url,
+            notifications.c.callback_sequence,
+            services.c.sid.label("service_sid"),
+            accounts.c.auth_token_sealed,
+        )
+        .join(services, services.c.id == notifications.c.service_id)
+        .join(accounts, accounts.c.sid == notifications.c.account_sid)
+        .where(notifications.c.id == notification_id)
+    ).one()
+    unreported = and_(
+        deliveries.c.notification_id == notification_id,
+        deliveries.c.reported.is_(False),
+        deliveries.c.status.in_(FINAL),
+    )
+    rows = list(
+        conn.execute(
+            select(deliveries).where(unreported).order_by(deliveries.c.id).limit(limit + 1)
+        )
+    )
+    open_rows = conn.execute(
+        select(func.count()).where(
+            deliveries.c.notification_id == notification_id, deliveries.c.status.not_in(FINAL)
+        )
+    ).scalar_one()
+    is_final = open_rows == 0 and len(rows) <= limit
+    return notification, rows[:limit], is_final
+
+
+def finish_callback(
+    conn: Connection,
+    notification_id: int,
+    delivery_ids: Sequence[int],
+    *,
+    next_sequence: int,
+    release_at: datetime | None,
+) -> None:
+    if delivery_ids:
+        conn.execute(
+            update(deliveries).where(deliveries.c.id.in_(delivery_ids)).values(reported=True)
+        )
+    conn.execute(
+        update(notifications)
+        .where(notifications.c.id == notification_id)
+        .values(callback_sequence=next_sequence, callback_locked_until=release_at)
+    )

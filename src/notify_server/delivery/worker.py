@@ -1,0 +1,195 @@
+"""The outbox worker: claims due deliveries, sends them through their channel, records the
+answer. Runs inside `notify-server serve` and alone as `notify-server worker`."""
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from datetime import datetime, timedelta
+
+import orjson
+from sqlalchemy import Engine, Row
+
+from notify_server.config import Settings
+from notify_server.crypto import SecretBox
+from notify_server.db import transaction
+from notify_server.delivery import repository
+from notify_server.delivery.callbacks import CallbackReporter
+from notify_server.delivery.channel_set import ChannelSet
+from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
+from notify_server.wire import utcnow
+
+log = logging.getLogger("notify_server.delivery")
+
+MAX_BACKOFF_SECONDS = 3600
+_CREDENTIAL_CACHE_SECONDS = 60.0
+
+
+def backoff(attempt: int) -> timedelta:
+    """1 s, 2 s, 4 s, ... up to an hour, with jitter so retries do not arrive in waves."""
+    seconds = min(2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+    return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        box: SecretBox,
+        channels: ChannelSet | None = None,
+    ) -> None:
+        self._engine = engine
+        self._box = box
+        self._settings = settings
+        self._channels = channels or ChannelSet(settings)
+        self._callbacks = CallbackReporter(engine, settings, box)
+        self._wake_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._credentials: dict[str, tuple[CredentialSecrets | None, float]] = {}
+
+    def wake(self) -> None:
+        """New rows are due: skip the rest of the poll interval."""
+        if self._wake_event is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake_event.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake_event = asyncio.Event()
+        concurrency = self._settings.worker_concurrency
+        while not self._stopping:
+            try:
+                claimed = self._claim(concurrency - len(self._in_flight))
+            except Exception:
+                log.exception("claiming deliveries failed; retrying")
+                claimed = []
+            for row in claimed:
+                task = asyncio.create_task(self._deliver(row))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            await self._callbacks.report_due()
+            if len(self._in_flight) >= concurrency:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            elif not claimed:
+                await self._idle()
+            else:
+                await asyncio.sleep(0)
+
+    async def _idle(self) -> None:
+        assert self._wake_event is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake_event.wait(), self._settings.worker_poll_seconds)
+        self._wake_event.clear()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming; let what is in flight finish (what does not is claimed again later)."""
+        self._stopping = True
+        self.wake()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=timeout)
+        await self._channels.aclose()
+        await self._callbacks.aclose()
+
+    def _claim(self, limit: int) -> list[Row]:
+        if limit <= 0:
+            return []
+        now = utcnow()
+        lease_until = now + timedelta(seconds=self._settings.delivery_lease_seconds)
+        with transaction(self._engine, write=True) as conn:
+            return repository.claim(conn, now=now, lease_until=lease_until, limit=limit)
+
+    async def _deliver(self, row: Row) -> None:
+        try:
+            job = self._job(row)
+            if job.attempt > 1 and utcnow() >= job.expires_at:
+                result = Result(Outcome.FAILED, error_message="TTL expired before delivery")
+            else:
+                result = await self._send(job)
+            self._record(row, result)
+        except Exception:
+            # The row stays leased and is claimed again when the lease runs out.
+            log.exception("delivery %s failed unexpectedly", row.id)
+
+    async def _send(self, job: Job) -> Result:
+        channel = self._channels.channel_for(job)
+        try:
+            return await asyncio.wait_for(
+                channel.send(job), self._settings.delivery_timeout_seconds
+            )
+        except TimeoutError:
+            return Result(Outcome.RETRY, error_message=f"{channel.name}: no answer in time")
+        except Exception as exc:  # a provider we cannot reach is a transient failure
+            return Result(Outcome.RETRY, error_message=f"{channel.name}: {exc!r}")
+
+    def _job(self, row: Row) -> Job:
+        return Job(
+            delivery_id=row.id,
+            attempt=row.attempts,
+            binding_type=row.binding_type,
+            address=row.address,
+            identity=row.identity,
+            binding_sid=row.binding_sid,
+            expires_at=row.expires_at,
+            notification_sid=row.notification_sid,
+            account_sid=row.account_sid,
+            service_sid=row.service_sid,
+            messaging_service_sid=row.messaging_service_sid,
+            content=orjson.loads(row.content),
+            credential=self._credential(row.credential_sid) if row.credential_sid else None,
+        )
+
+    def _credential(self, sid: str) -> CredentialSecrets | None:
+        cached = self._credentials.get(sid)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        with self._engine.connect() as conn:
+            stored = repository.credential(conn, sid)
+        credential = None
+        if stored is not None:
+            secrets = self._box.open(stored.encrypted_secrets) if stored.encrypted_secrets else {}
+            credential = CredentialSecrets(stored.sid, stored.type, bool(stored.sandbox), secrets)
+        self._credentials[sid] = (credential, time.monotonic() + _CREDENTIAL_CACHE_SECONDS)
+        return credential
+
+    def _record(self, row: Row, result: Result) -> None:
+        now = utcnow()
+        provider = {
+            "provider_status": result.provider_status,
+            "provider_response": result.provider_response,
+        }
+        with transaction(self._engine, write=True) as conn:
+            if result.outcome is Outcome.SENT:
+                repository.mark_sent(
+                    conn, row.id, now, provider_message_id=result.provider_message_id, **provider
+                )
+            elif result.outcome is Outcome.RETRY and now < _as_naive(row.expires_at):
+                repository.mark_retry(
+                    conn,
+                    row.id,
+                    now,
+                    now + backoff(row.attempts),
+                    error_message=result.error_message,
+                    **provider,
+                )
+            else:
+                message = result.error_message
+                if result.outcome is Outcome.RETRY:
+                    message = f"TTL expired after {row.attempts} attempts; last: {message}"
+                repository.mark_failed(
+                    conn,
+                    row.id,
+                    now,
+                    provider_message_id=result.provider_message_id,
+                    error_message=message,
+                    **provider,
+                )
+                if result.unregistered and row.binding_id is not None:
+                    repository.delete_binding(conn, row.binding_id)
+        self._callbacks.wake()
+
+
+def _as_naive(value: datetime) -> datetime:
+    return value.replace(tzinfo=None)

@@ -1,0 +1,67 @@
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from notify_server.bindings.models import RowId
+from notify_server.db import Base
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    sid: Mapped[str] = mapped_column(String(34), unique=True)
+    account_sid: Mapped[str] = mapped_column(String(34))
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
+    # The 201 body's fields (identities, tags, title, data, apn, ...) as JSON: what the
+    # channels render from and what the API echoes.
+    content: Mapped[str] = mapped_column(Text)
+    delivery_callback_url: Mapped[str | None] = mapped_column(String(2048))
+    # Delivery callbacks: the next SequenceId, and a lease so one worker reports at a time.
+    callback_sequence: Mapped[int] = mapped_column(default=0)
+    callback_locked_until: Mapped[datetime | None]
+    date_created: Mapped[datetime]
+
+
+class Delivery(Base):
+    """The outbox: one row per target, written in the request's transaction."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        # Workers claim due rows: pending ones, and sending ones whose lease ran out.
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_notification_id_id", "notification_id", "id"),
+        # Delivery callbacks look for final rows not yet reported. Rows of a notification
+        # without a callback URL are born reported, so they never show up here.
+        Index("ix_deliveries_reported_status", "reported", "status", "notification_id"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(
+        RowId, ForeignKey("notifications.id", ondelete="CASCADE")
+    )
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
+    # Null for a ToBinding target, or once the binding is deleted.
+    binding_id: Mapped[int | None] = mapped_column(
+        RowId, ForeignKey("bindings.id", ondelete="SET NULL"), index=True
+    )
+    binding_sid: Mapped[str | None] = mapped_column(String(34))
+    identity: Mapped[str | None] = mapped_column(String(256))
+    binding_type: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(1024))
+    credential_sid: Mapped[str | None] = mapped_column(String(34))
+    # pending -> sending -> sent | failed
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    # When a pending row is due, or when a sending row's lease runs out.
+    next_attempt_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    provider_message_id: Mapped[str | None] = mapped_column(String(256))
+    provider_status: Mapped[int | None]
+    provider_response: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # Whether a delivery callback has reported this row's final state.
+    reported: Mapped[bool] = mapped_column(default=False)
+    date_created: Mapped[datetime]
+    date_updated: Mapped[datetime]

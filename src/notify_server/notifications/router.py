@@ -1,0 +1,48 @@
+"""HTTP only: check the path, authenticate, parse, one transaction, render."""
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from notify_server import web
+from notify_server.db import transaction
+from notify_server.notifications import operations
+from notify_server.notifications.schemas import (
+    DeliveryListQuery,
+    DeliveryResource,
+    NotificationForm,
+    NotificationResource,
+)
+
+router = APIRouter()
+
+
+@router.post("/v1/Services/{service_sid}/Notifications")
+async def create_notification(request: Request, service_sid: str) -> Response:
+    web.require_sid(service_sid, "IS")
+    account_sid = web.authenticate(request)
+    form = NotificationForm.parse(await web.read_form(request))
+    with transaction(web.engine(request), write=True) as conn:
+        notification = operations.create_notification(conn, account_sid, service_sid, form)
+    if notification.deliveries:
+        request.app.state.delivery_worker.wake()
+    return web.json_response(NotificationResource.render(notification), 201)
+
+
+# Our extension (not in Twilio's API): what happened to each target.
+@router.get("/v1/Services/{service_sid}/Notifications/{sid}/Deliveries")
+async def list_deliveries(request: Request, service_sid: str, sid: str) -> Response:
+    web.require_sid(service_sid, "IS")
+    web.require_sid(sid, "NT")
+    account_sid = web.authenticate(request)
+    query = DeliveryListQuery.parse(web.query(request))
+    with transaction(web.engine(request), write=False) as conn:
+        page = operations.list_deliveries(conn, account_sid, service_sid, sid, query)
+    return web.page_response(
+        request,
+        key="deliveries",
+        path=f"/v1/Services/{service_sid}/Notifications/{sid}/Deliveries",
+        query=query,
+        page=page,
+        render=DeliveryResource.render,
+    )

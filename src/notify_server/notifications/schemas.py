@@ -1,0 +1,252 @@
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+from notify_server.bindings.schemas import E164, BindingType, Identity, Tag
+from notify_server.errors import InvalidParameter
+from notify_server.forms import Form, Optional
+from notify_server.wire import format_date
+
+MAX_IDENTITIES = 20
+MAX_TAGS = 5
+MAX_TO_BINDINGS = 10_000
+MAX_TTL = 2_419_200  # four weeks, Twilio's default and maximum
+# Keys an override may not set: Notify addresses the message itself (notes §7.1).
+FORBIDDEN_OVERRIDE_KEYS = {
+    "Fcm": {"to", "registration_ids", "condition", "notification_key"},
+    "Gcm": {"to", "registration_ids", "notification_key"},
+}
+_RESERVED_PREFIX = "twi_"
+_HTTP_URL = TypeAdapter(AnyHttpUrl)
+
+
+def _json_object(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a JSON object") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("must be a JSON object")
+    return parsed
+
+
+JsonObject = Annotated[dict[str, Any] | None, BeforeValidator(_json_object)]
+Text = Annotated[str | None, Optional, StringConstraints(max_length=4096)]
+
+
+class ToBinding(BaseModel):
+    binding_type: BindingType
+    address: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+_TO_BINDING = TypeAdapter(ToBinding)
+
+
+class NotificationForm(Form):
+    identities: list[Identity] = Field(
+        default_factory=list, alias="Identity", max_length=MAX_IDENTITIES
+    )
+    tags: list[Tag] = Field(default_factory=list, alias="Tag", max_length=MAX_TAGS)
+    segments: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        default_factory=list, alias="Segment"
+    )
+    to_bindings: list[str] = Field(
+        default_factory=list, alias="ToBinding", max_length=MAX_TO_BINDINGS
+    )
+    body: Text = Field(default=None, alias="Body")
+    title: Text = Field(default=None, alias="Title")
+    sound: Text = Field(default=None, alias="Sound")
+    action: Text = Field(default=None, alias="Action")
+    priority: Annotated[Literal["high", "low"], BeforeValidator(lambda v: v or "high")] = Field(
+        default="high", alias="Priority"
+    )
+    ttl: Annotated[int, BeforeValidator(lambda v: MAX_TTL if v == "" else v)] = Field(
+        default=MAX_TTL, ge=0, le=MAX_TTL, alias="Ttl"
+    )
+    data: JsonObject = Field(default=None, alias="Data")
+    apn: JsonObject = Field(default=None, alias="Apn")
+    fcm: JsonObject = Field(default=None, alias="Fcm")
+    gcm: JsonObject = Field(default=None, alias="Gcm")
+    sms: JsonObject = Field(default=None, alias="Sms")
+    facebook_messenger: JsonObject = Field(default=None, alias="FacebookMessenger")
+    alexa: JsonObject = Field(default=None, alias="Alexa")
+    delivery_callback_url: Annotated[str | None, Optional, StringConstraints(max_length=2048)] = (
+        Field(default=None, alias="DeliveryCallbackUrl")
+    )
+
+    @field_validator("delivery_callback_url")
+    @classmethod
+    def callback_is_http_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            try:
+                _HTTP_URL.validate_python(url)
+            except ValueError:
+                raise ValueError("must be an absolute http or https URL") from None
+        return url
+
+    @model_validator(mode="after")
+    def check(self) -> "NotificationForm":
+        # InvalidParameter, not ValueError: pydantic would lose the parameter's name.
+        if self.to_bindings and (self.identities or self.tags or self.segments):
+            raise InvalidParameter(
+                "Direct notifications and query notifications can not be requested together"
+            )
+        if not (self.to_bindings or self.identities or self.tags or self.segments):
+            raise InvalidParameter(
+                "A Notification needs a target: Identity, Tag, Segment or ToBinding"
+            )
+        if self.data and (reserved := _reserved_keys(self.data)):
+            raise InvalidParameter(
+                f"Parameter 'Data' is invalid: keys starting with 'twi_' are reserved: {reserved}"
+            )
+        for name in ("Apn", "Fcm", "Gcm", "Sms", "FacebookMessenger", "Alexa"):
+            override = getattr(self, _FIELD_FOR_ALIAS[name])
+            if override is None:
+                continue
+            if reserved := _reserved_keys(override):
+                raise InvalidParameter(
+                    f"Parameter '{name}' is invalid: keys starting with 'twi_' are reserved:"
+                    f" {reserved}"
+                )
+            if forbidden := sorted(FORBIDDEN_OVERRIDE_KEYS.get(name, set()) & set(override)):
+                raise InvalidParameter(
+                    f"Parameter '{name}' is invalid: it may not set {', '.join(forbidden)}"
+                )
+        return self
+
+    def targets(self) -> list[ToBinding]:
+        """The ToBinding values, each a JSON object {"binding_type", "address"}."""
+        parsed = []
+        for raw in self.to_bindings:
+            try:
+                target = _TO_BINDING.validate_json(raw)
+            except ValueError:
+                raise InvalidParameter(
+                    "Parameter 'ToBinding' is invalid: each value must be a JSON object with"
+                    ' "binding_type" (apn, gcm, sms, fcm, facebook-messenger, alexa) and "address"'
+                ) from None
+            if target.binding_type == "sms" and not E164.fullmatch(target.address):
+                raise InvalidParameter(
+                    f"Parameter 'ToBinding' is invalid: {target.address!r} is not an E.164"
+                    " phone number"
+                )
+            parsed.append(target)
+        return parsed
+
+    def content(self) -> dict[str, Any]:
+        """The fields the 201 echoes, and that every channel renders from."""
+        return {
+            "identities": self.identities,
+            "tags": self.tags,
+            "segments": self.segments,
+            "priority": self.priority,
+            "ttl": self.ttl,
+            "title": self.title,
+            "body": self.body,
+            "sound": self.sound,
+            "action": self.action,
+            "data": self.data,
+            "apn": self.apn,
+            "fcm": self.fcm,
+            "gcm": self.gcm,
+            "sms": self.sms,
+            "facebook_messenger": self.facebook_messenger,
+            "alexa": self.alexa,
+        }
+
+
+_FIELD_FOR_ALIAS = {f.alias: name for name, f in NotificationForm.model_fields.items()}
+
+
+def _reserved_keys(values: dict[str, Any]) -> list[str]:
+    return sorted(k for k in values if k.startswith(_RESERVED_PREFIX))
+
+
+class NotificationResource(BaseModel):
+    sid: str
+    account_sid: str
+    service_sid: str
+    date_created: str
+    identities: list[str]
+    tags: list[str]
+    segments: list[str]
+    priority: str
+    ttl: int
+    title: str | None
+    body: str | None
+    sound: str | None
+    action: str | None
+    data: dict[str, Any] | None
+    apn: dict[str, Any] | None
+    fcm: dict[str, Any] | None
+    gcm: dict[str, Any] | None
+    sms: dict[str, Any] | None
+    facebook_messenger: dict[str, Any] | None
+    alexa: dict[str, Any] | None
+
+    @classmethod
+    def render(cls, notification: Any) -> dict[str, Any]:
+        return cls(
+            sid=notification.sid,
+            account_sid=notification.account_sid,
+            service_sid=notification.service_sid,
+            date_created=format_date(notification.date_created),
+            **notification.content,
+        ).model_dump()
+
+
+class DeliveryListQuery(Form):
+    page_size: int = Field(default=50, ge=1, le=1000, alias="PageSize")
+    page: int = Field(default=0, ge=0, alias="Page")
+    page_token: Annotated[str | None, Optional] = Field(default=None, alias="PageToken")
+
+    def filters(self) -> dict[str, str | list[str]]:
+        return {}
+
+
+class DeliveryResource(BaseModel):
+    """Our extension: what happened to each target of a notification."""
+
+    notification_sid: str
+    binding_sid: str | None
+    identity: str | None
+    binding_type: str
+    address: str
+    status: str
+    attempts: int
+    provider_message_id: str | None
+    provider_status: int | None
+    provider_response: str | None
+    error_message: str | None
+    date_created: str
+    date_updated: str
+
+    @classmethod
+    def render(cls, delivery: Any, base_url: str) -> dict[str, Any]:
+        return cls(
+            notification_sid=delivery.notification_sid,
+            binding_sid=delivery.binding_sid,
+            identity=delivery.identity,
+            binding_type=delivery.binding_type,
+            address=delivery.address,
+            status=delivery.status,
+            attempts=delivery.attempts,
+            provider_message_id=delivery.provider_message_id,
+            provider_status=delivery.provider_status,
+            provider_response=delivery.provider_response,
+            error_message=delivery.error_message,
+            date_created=format_date(delivery.date_created),
+            date_updated=format_date(delivery.date_updated),
+        ).model_dump()
