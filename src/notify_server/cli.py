@@ -1,7 +1,11 @@
 """notify-server serve | worker | db upgrade | accounts create | keys create"""
 
 import argparse
+import asyncio
 import json
+import logging
+import os
+import signal
 import sys
 
 import uvicorn
@@ -17,6 +21,7 @@ from notify_server.accounts.operations import (
 from notify_server.config import Settings, get_settings
 from notify_server.crypto import SecretBox
 from notify_server.db import make_engine, transaction
+from notify_server.delivery.worker import DeliveryWorker
 
 
 def secret_box(settings: Settings) -> SecretBox:
@@ -40,6 +45,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_migrate:
         migrate.upgrade(settings.database_url)
     _ensure_configured_account(settings)
+    if args.no_worker:
+        # uvicorn's worker processes build their own Settings from the environment.
+        os.environ["NOTIFY_WORKER_ENABLED"] = "false"
     uvicorn.run(
         "notify_server.app:create_app",
         factory=True,
@@ -50,6 +58,29 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         # Our own middleware sets every header a client needs.
         server_header=False,
     )
+    return 0
+
+
+def worker(args: argparse.Namespace, settings: Settings) -> int:
+    """A delivery worker on its own: scale delivery out apart from the API."""
+    if not args.no_migrate:
+        migrate.upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    delivery_worker = DeliveryWorker(engine, settings, secret_box(settings))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        task = asyncio.create_task(delivery_worker.run())
+        await stopping.wait()
+        await delivery_worker.stop()
+        task.cancel()
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    asyncio.run(run())
+    engine.dispose()
     return 0
 
 
@@ -104,7 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--workers", type=int, default=1)
     serve_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
     serve_cmd.add_argument("--log-level", default="info")
+    serve_cmd.add_argument(
+        "--no-worker", action="store_true", help="deliver nothing here (run `worker` apart)"
+    )
     serve_cmd.set_defaults(run=serve)
+
+    worker_cmd = commands.add_parser("worker", help="deliver notifications from the outbox")
+    worker_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
+    worker_cmd.add_argument("--log-level", default="info")
+    worker_cmd.set_defaults(run=worker)
 
     db_cmd = commands.add_parser("db", help="database schema").add_subparsers(
         dest="db_command", required=True
