@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import OperationalError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notify_server.auth import Authenticator
 from notify_server.bindings.router import router as bindings_router
@@ -20,6 +21,7 @@ from notify_server.credentials.router import router as credentials_router
 from notify_server.crypto import SecretBox
 from notify_server.db import make_engine
 from notify_server.delivery.worker import DeliveryWorker
+from notify_server.edge import Edge
 from notify_server.errors import (
     InternalError,
     InvalidParameter,
@@ -29,50 +31,12 @@ from notify_server.errors import (
     TwilioError,
     twilio_error_response,
 )
+from notify_server.metrics import Metrics
 from notify_server.notifications.router import router as notifications_router
+from notify_server.ratelimit import RateLimiter
 from notify_server.services.router import router as services_router
 
 log = logging.getLogger("notify_server")
-
-# The CORS headers Twilio documents on every Notify response.
-CORS_HEADERS = [
-    (b"access-control-allow-origin", b"*"),
-    (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
-    (
-        b"access-control-allow-headers",
-        b"Accept, Authorization, Content-Type, If-Match, If-Modified-Since, If-None-Match,"
-        b" If-Unmodified-Since",
-    ),
-    (b"access-control-allow-credentials", b"true"),
-    (b"access-control-expose-headers", b"ETag"),
-]
-
-
-class TwilioWire:
-    """Pure ASGI (no per-request task hop): `.json` suffixes, CORS headers, preflights."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        if path.endswith(".json"):
-            # Twilio accepts an optional `.json` on every path.
-            scope = {**scope, "path": path[:-5], "raw_path": path[:-5].encode()}
-        if scope["method"] == "OPTIONS":
-            await send({"type": "http.response.start", "status": 204, "headers": CORS_HEADERS})
-            await send({"type": "http.response.body", "body": b""})
-            return
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *CORS_HEADERS]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
 
 
 def _resource_path(request: Request) -> str:
@@ -117,7 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(settings.database_url)
 
     secret_box = SecretBox(settings.secret_key, settings.secret_key_file)
-    worker = DeliveryWorker(engine, settings, secret_box)
+    metrics = Metrics(engine)
+    worker = DeliveryWorker(engine, settings, secret_box, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -134,10 +99,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
         lifespan=lifespan,
+        # Twilio has no trailing-slash paths; a redirect would only hide the 404.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.authenticator = Authenticator(engine, settings.auth_cache_seconds)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app.state.secret_box = secret_box
     app.state.delivery_worker = worker
 
@@ -145,10 +113,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return Response(b'{"status":"unavailable"}', 503, media_type="application/json")
+        return Response(b'{"status":"ready"}', media_type="application/json")
+
+    if settings.metrics_enabled:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     app.include_router(services_router)
     app.include_router(bindings_router)
     app.include_router(credentials_router)
     app.include_router(notifications_router)
     install_error_handlers(app)
-    app.add_middleware(TwilioWire)
+    app.add_middleware(Edge, metrics=metrics, log_requests=settings.access_log)
     return app

@@ -1,7 +1,6 @@
 """HTTP Basic (`AC…:auth_token` or `SK…:secret`) -> the caller's account SID."""
 
 import base64
-import binascii
 import hashlib
 import time
 
@@ -32,7 +31,7 @@ class Authenticator:
             return hit[0]
         try:
             decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64, not ASCII, or not UTF-8 underneath
             raise AuthenticationFailed() from None
         username, colon, password = decoded.partition(":")
         if not colon:

@@ -3,7 +3,6 @@
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ from notify_server.config import Settings, get_settings
 from notify_server.crypto import SecretBox
 from notify_server.db import make_engine, transaction
 from notify_server.delivery.worker import DeliveryWorker
+from notify_server.logs import configure_logging, uvicorn_log_config
 
 
 def secret_box(settings: Settings) -> SecretBox:
@@ -55,7 +55,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port or settings.port,
         workers=args.workers,
         log_level=args.log_level,
-        # Our own middleware sets every header a client needs.
+        log_config=uvicorn_log_config(args.log_level),
+        # Our own middleware logs each request, as JSON, and sets every header a client needs.
+        access_log=False,
         server_header=False,
     )
     return 0
@@ -78,7 +80,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
         await delivery_worker.stop()
         task.cancel()
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level)
     asyncio.run(run())
     engine.dispose()
     return 0

@@ -22,6 +22,13 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=30.0, ge=0)
     host: str = "127.0.0.1"
     port: int = 8000
+    log_level: str = "info"
+    # One JSON line per request (method, route, status, duration, account, request id).
+    access_log: bool = True
+    metrics_enabled: bool = True
+    # Per account and per process; 0 turns rate limiting off (the embedded default).
+    rate_limit_per_second: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
 
     # Delivery. `serve` runs a worker in each process unless worker_enabled is false;
     # `notify-server worker` runs one on its own.

@@ -1,8 +1,18 @@
 """Pydantic at the edge: PascalCase form fields in, Twilio's 400s out."""
 
+import re
+from datetime import date
+from types import NoneType
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from notify_server.errors import InvalidParameter, MissingParameter
 from notify_server.wire import FormData
@@ -20,7 +30,17 @@ class Form(BaseModel):
             alias = field.alias or name
             if alias not in form:
                 continue
-            values[alias] = form.all(alias) if _is_list(field.annotation) else form.first(alias)
+            if _is_list(field.annotation):
+                value: Any = form.all(alias)
+            else:
+                value = form.first(alias)
+                # Twilio's forms treat an empty value as "not given" (on an update: cleared).
+                if value == "" and _allows_none(field.annotation):
+                    value = None
+            if any("\x00" in v for v in (value if isinstance(value, list) else [value or ""])):
+                # PostgreSQL cannot store NUL in text; no client means to send one.
+                raise InvalidParameter(f"Parameter '{alias}' is invalid: contains a NUL character")
+            values[alias] = value
         return cls.validate_values(values)
 
     @classmethod
@@ -35,6 +55,10 @@ def _is_list(annotation: Any) -> bool:
     return get_origin(annotation) is list or any(_is_list(a) for a in get_args(annotation))
 
 
+def _allows_none(annotation: Any) -> bool:
+    return NoneType in get_args(annotation)
+
+
 def _to_twilio_error(exc: ValidationError) -> InvalidParameter:
     error = exc.errors(include_url=False)[0]
     name = str(error["loc"][0]) if error["loc"] else "body"
@@ -42,11 +66,6 @@ def _to_twilio_error(exc: ValidationError) -> InvalidParameter:
         return MissingParameter(name)
     message = error["msg"].removeprefix("Value error, ")
     return InvalidParameter(f"Parameter '{name}' is invalid: {message}")
-
-
-def _blank_to_none(value: Any) -> Any:
-    # Twilio's forms treat an empty value as "not given".
-    return None if value == "" else value
 
 
 def _parse_bool(value: Any) -> Any:
@@ -58,8 +77,43 @@ def _parse_bool(value: Any) -> Any:
     return value
 
 
-Optional = BeforeValidator(_blank_to_none)
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _parse_date(value: Any) -> Any:
+    # Exactly YYYY-MM-DD, as the SDK sends it: no timestamps, no datetimes.
+    if isinstance(value, str) and not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a date in the form YYYY-MM-DD")
+    return value
+
+
+def sid_pattern(prefix: str) -> str:
+    return rf"^{prefix}[0-9a-fA-F]{{32}}$"
+
+
 Boolean = Annotated[bool, BeforeValidator(_parse_bool)]
-SidPattern = {
-    prefix: rf"^{prefix}[0-9a-fA-F]{{32}}$" for prefix in ("AC", "BS", "CR", "IS", "MG", "SK")
-}
+IsoDate = Annotated[date, BeforeValidator(_parse_date)]
+CredentialSid = Annotated[str, StringConstraints(pattern=sid_pattern("CR"))]
+MessagingServiceSid = Annotated[str, StringConstraints(pattern=sid_pattern("MG"))]
+PageToken = Annotated[str, StringConstraints(max_length=64)]
+
+
+Text64 = Annotated[str, StringConstraints(max_length=64)]
+Text128 = Annotated[str, StringConstraints(max_length=128)]
+Text256 = Annotated[str, StringConstraints(max_length=256)]
+Text1024 = Annotated[str, StringConstraints(max_length=1024)]
+Text2048 = Annotated[str, StringConstraints(max_length=2048)]
+Text4096 = Annotated[str, StringConstraints(max_length=4096)]
+
+
+class ListQuery(Form):
+    """Paging parameters every list takes; subclasses add their filters."""
+
+    page_size: int = Field(default=50, ge=1, le=1000, alias="PageSize")
+    # Only echoed back ("simply for client state"), but it must fit the JSON we answer.
+    page: int = Field(default=0, ge=0, le=2**53, alias="Page")
+    page_token: PageToken | None = Field(default=None, alias="PageToken")
+
+    def filters(self) -> dict[str, str | list[str]]:
+        """The filters as given, for the paging URLs."""
+        return {}

@@ -7,7 +7,8 @@ from typing import Generic, Protocol, TypeVar
 
 from notify_server.errors import InvalidParameter
 
-_TOKEN = re.compile(r"P([TB])(\d{1,19})")
+_TOKEN = re.compile(r"P([TB])([0-9]{1,19})")
+_MAX_ID = 2**63 - 1
 
 
 class HasId(Protocol):
@@ -39,7 +40,7 @@ def fetch_page(
     after_id = before_id = None
     if page_token is not None:
         match = _TOKEN.fullmatch(page_token)
-        if match is None:
+        if match is None or int(match[2]) > _MAX_ID:
             raise InvalidParameter("Parameter 'PageToken' is invalid")
         if match[1] == "T":
             after_id = int(match[2])

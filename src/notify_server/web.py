@@ -1,7 +1,7 @@
 """What every router needs from a request: SIDs checked, caller known, form read."""
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from sqlalchemy import Engine
@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from notify_server.crypto import SecretBox
-from notify_server.errors import BodyTooLarge, NotFound
+from notify_server.errors import BodyTooLarge, InvalidParameter, NotFound
+from notify_server.forms import ListQuery
 from notify_server.paging import Page
 from notify_server.wire import FormData, is_sid, page_envelope
 
@@ -25,7 +26,12 @@ def require_sid(value: str, prefix: str) -> None:
 
 
 def authenticate(request: Request) -> str:
-    return request.app.state.authenticator.account_sid(request.headers.get("authorization"))
+    """The caller's account SID; also counted against the account's rate limit."""
+    state = request.app.state
+    account_sid: str = state.authenticator.account_sid(request.headers.get("authorization"))
+    request.state.account_sid = account_sid
+    state.rate_limiter.check(account_sid)
+    return account_sid
 
 
 async def read_form(request: Request) -> FormData:
@@ -33,21 +39,34 @@ async def read_form(request: Request) -> FormData:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        # curl -F sends this; the SDKs never do, so it may take the slower parser.
-        form = await request.form()
-        return FormData((k, v) for k, v in form.multi_items() if isinstance(v, str))
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise BodyTooLarge(limit)
-    return FormData.parse(bytes(body))
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        # curl -F sends this; the SDKs never do, so it may take the slower parser.
+        return await _parse_multipart(request, bytes(body))
+    return _parse(bytes(body))
+
+
+async def _parse_multipart(request: Request, body: bytes) -> FormData:
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form()
+    return FormData((k, v) for k, v in form.multi_items() if isinstance(v, str))
 
 
 def query(request: Request) -> FormData:
-    return FormData.parse(request.scope["query_string"])
+    return _parse(request.scope["query_string"])
+
+
+def _parse(raw: bytes) -> FormData:
+    try:
+        return FormData.parse(raw)
+    except UnicodeDecodeError:
+        raise InvalidParameter("The request's parameters are not valid UTF-8") from None
 
 
 def base_url(request: Request) -> str:
@@ -68,14 +87,6 @@ def no_content() -> Response:
 
 def secret_box(request: Request) -> SecretBox:
     return request.app.state.secret_box
-
-
-class ListQuery(Protocol):
-    page: int
-    page_size: int
-    page_token: str | None
-
-    def filters(self) -> dict[str, str | list[str]]: ...
 
 
 def page_response(

@@ -45,8 +45,9 @@ class FormData:
 
     @classmethod
     def parse(cls, raw: bytes | str) -> "FormData":
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        return cls(parse_qsl(text, keep_blank_values=True))
+        """Raises UnicodeDecodeError unless every byte and %-escape is UTF-8."""
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return cls(parse_qsl(text, keep_blank_values=True, errors="strict"))
 
     def first(self, key: str) -> str | None:
         values = self._items.get(key)

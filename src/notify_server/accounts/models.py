@@ -3,13 +3,13 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from notify_server.db import Base
+from notify_server.db import Base, RowId
 
 
 class Account(Base):
     __tablename__ = "accounts"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(34), unique=True)
     friendly_name: Mapped[str | None] = mapped_column(String(64))
     # SHA-256 of a random 128-bit token: a slow password hash buys nothing here.
@@ -23,7 +23,7 @@ class Account(Base):
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(34), unique=True)
     account_sid: Mapped[str] = mapped_column(
         String(34), ForeignKey("accounts.sid", ondelete="CASCADE"), index=True

@@ -1,12 +1,9 @@
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from notify_server.db import Base
-
-# SQLite only aliases the rowid for INTEGER PRIMARY KEY.
-RowId = BigInteger().with_variant(Integer(), "sqlite")
+from notify_server.db import Base, RowId
 
 
 class Binding(Base):
@@ -25,7 +22,7 @@ class Binding(Base):
     id: Mapped[int] = mapped_column(RowId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(34), unique=True)
     account_sid: Mapped[str] = mapped_column(String(34))
-    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
+    service_id: Mapped[int] = mapped_column(RowId, ForeignKey("services.id", ondelete="CASCADE"))
     identity: Mapped[str] = mapped_column(String(256))
     binding_type: Mapped[str] = mapped_column(String(32))
     address: Mapped[str] = mapped_column(String(1024))
@@ -48,4 +45,4 @@ class BindingTag(Base):
         RowId, ForeignKey("bindings.id", ondelete="CASCADE"), primary_key=True
     )
     tag: Mapped[str] = mapped_column(String(64), primary_key=True)
-    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
+    service_id: Mapped[int] = mapped_column(RowId, ForeignKey("services.id", ondelete="CASCADE"))

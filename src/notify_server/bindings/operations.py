@@ -77,7 +77,7 @@ def create_binding(
     default_column = _SERVICE_DEFAULT_VERSION.get(form.binding_type)
     now = utcnow()
     address_key = repository.digest(form.identity, form.binding_type, form.address)
-    endpoint_key = repository.digest(form.endpoint) if form.endpoint is not None else None
+    endpoint_key = _endpoint_key(form.endpoint)
     values = {
         "identity": form.identity,
         "binding_type": form.binding_type,
@@ -102,6 +102,10 @@ def create_binding(
         repository.by_endpoint_key(conn, service.id, endpoint_key) if endpoint_key else None
     )
     existing = same_endpoint or same_address
+    if existing is not None and form.endpoint is None:
+        # A re-registration that names no Endpoint keeps the one the binding has.
+        values["endpoint"] = existing.endpoint
+        values["endpoint_key"] = _endpoint_key(existing.endpoint)
     if existing is not None:
         if same_address is not None and same_address.id != existing.id:
             # The endpoint's binding takes over this identity+type+address: one device, one binding.
@@ -138,6 +142,10 @@ def _new_record(
         date_created=date_created,
         date_updated=values["date_updated"],
     )
+
+
+def _endpoint_key(endpoint: str | None) -> str | None:
+    return repository.digest(endpoint) if endpoint is not None else None
 
 
 def _check_identity_room(conn: Connection, service_id: int, identity: str) -> None:

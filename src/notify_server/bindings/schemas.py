@@ -1,11 +1,10 @@
 import re
-from datetime import date
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from notify_server.errors import InvalidParameter
-from notify_server.forms import Form, Optional, SidPattern
+from notify_server.forms import CredentialSid, Form, IsoDate, ListQuery, Text64, Text1024
 from notify_server.wire import format_date, quote_segment
 
 if TYPE_CHECKING:
@@ -32,15 +31,11 @@ class BindingForm(Form):
         alias="Address"
     )
     tags: list[Tag] = Field(default_factory=list, alias="Tag")
-    notification_protocol_version: Annotated[
-        str | None, Optional, StringConstraints(max_length=64)
-    ] = Field(default=None, alias="NotificationProtocolVersion")
-    credential_sid: Annotated[str | None, Optional, Field(pattern=SidPattern["CR"])] = Field(
-        default=None, alias="CredentialSid"
+    notification_protocol_version: Text64 | None = Field(
+        default=None, alias="NotificationProtocolVersion"
     )
-    endpoint: Annotated[str | None, Optional, StringConstraints(max_length=1024)] = Field(
-        default=None, alias="Endpoint"
-    )
+    credential_sid: CredentialSid | None = Field(default=None, alias="CredentialSid")
+    endpoint: Text1024 | None = Field(default=None, alias="Endpoint")
 
     @field_validator("tags")
     @classmethod
@@ -61,16 +56,13 @@ class BindingForm(Form):
         return self
 
 
-class BindingListQuery(Form):
-    start_date: Annotated[date | None, Optional] = Field(default=None, alias="StartDate")
-    end_date: Annotated[date | None, Optional] = Field(default=None, alias="EndDate")
+class BindingListQuery(ListQuery):
+    start_date: IsoDate | None = Field(default=None, alias="StartDate")
+    end_date: IsoDate | None = Field(default=None, alias="EndDate")
     identities: list[Identity] = Field(
         default_factory=list, alias="Identity", max_length=MAX_IDENTITY_FILTERS
     )
     tags: list[Tag] = Field(default_factory=list, alias="Tag", max_length=MAX_TAG_FILTERS)
-    page_size: int = Field(default=50, ge=1, le=1000, alias="PageSize")
-    page: int = Field(default=0, ge=0, alias="Page")
-    page_token: Annotated[str | None, Optional] = Field(default=None, alias="PageToken")
 
     def filters(self) -> dict[str, str | list[str]]:
         """The filters as given, for the paging URLs."""

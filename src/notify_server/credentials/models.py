@@ -3,13 +3,13 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from notify_server.db import Base
+from notify_server.db import Base, RowId
 
 
 class Credential(Base):
     __tablename__ = "credentials"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(34), unique=True)
     account_sid: Mapped[str] = mapped_column(
         String(34), ForeignKey("accounts.sid", ondelete="CASCADE"), index=True

@@ -7,11 +7,11 @@ from notify_server.credentials import repository
 from notify_server.credentials.schemas import (
     SECRET_FIELDS,
     CredentialForm,
-    CredentialListQuery,
     CredentialUpdateForm,
 )
 from notify_server.crypto import SecretBox
 from notify_server.errors import NotFound
+from notify_server.forms import ListQuery
 from notify_server.paging import Page, fetch_page
 from notify_server.services import repository as services
 from notify_server.wire import new_sid, utcnow
@@ -79,7 +79,7 @@ def delete_credential(conn: Connection, account_sid: str, sid: str) -> None:
     bindings.forget_credential(conn, account_sid, sid, now)
 
 
-def list_credentials(conn: Connection, account_sid: str, query: CredentialListQuery) -> Page[Row]:
+def list_credentials(conn: Connection, account_sid: str, query: ListQuery) -> Page[Row]:
     return fetch_page(
         query.page_token,
         query.page_size,

@@ -8,11 +8,11 @@ from notify_server import web
 from notify_server.credentials import operations
 from notify_server.credentials.schemas import (
     CredentialForm,
-    CredentialListQuery,
     CredentialResource,
     CredentialUpdateForm,
 )
 from notify_server.db import transaction
+from notify_server.forms import ListQuery
 
 router = APIRouter()
 
@@ -29,7 +29,7 @@ async def create_credential(request: Request) -> Response:
 @router.get("/v1/Credentials")
 async def list_credentials(request: Request) -> Response:
     account_sid = web.authenticate(request)
-    query = CredentialListQuery.parse(web.query(request))
+    query = ListQuery.parse(web.query(request))
     with transaction(web.engine(request), write=False) as conn:
         page = operations.list_credentials(conn, account_sid, query)
     return web.page_response(

@@ -4,11 +4,11 @@ from typing import Annotated, Literal
 from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from notify_server.forms import Boolean, Form, Optional
+from notify_server.forms import Boolean, Form, Text64, Text256
 from notify_server.wire import format_date
 
 CredentialType = Literal["gcm", "apn", "fcm"]
-Secret = Annotated[str | None, Optional, StringConstraints(max_length=65536)]
+Secret = Annotated[str, StringConstraints(max_length=65536)]
 # The write-only fields, by the names they are sealed under. The last five are our extension
 # for today's providers: an APNs token key (.p8) with its ids, and an FCM service account.
 SECRET_FIELDS = (
@@ -26,25 +26,17 @@ _SERVICE_ACCOUNT_KEYS = ("project_id", "client_email", "private_key")
 
 
 class CredentialUpdateForm(Form):
-    friendly_name: Annotated[str | None, StringConstraints(max_length=64)] = Field(
-        default=None, alias="FriendlyName"
-    )
-    certificate: Secret = Field(default=None, alias="Certificate")
-    private_key: Secret = Field(default=None, alias="PrivateKey")
+    friendly_name: Text64 | None = Field(default=None, alias="FriendlyName")
+    certificate: Secret | None = Field(default=None, alias="Certificate")
+    private_key: Secret | None = Field(default=None, alias="PrivateKey")
     sandbox: Boolean | None = Field(default=None, alias="Sandbox")
-    api_key: Secret = Field(default=None, alias="ApiKey")
-    secret: Secret = Field(default=None, alias="Secret")
-    token_key: Secret = Field(default=None, alias="TokenKey")
-    key_id: Annotated[str | None, Optional, StringConstraints(max_length=64)] = Field(
-        default=None, alias="KeyId"
-    )
-    team_id: Annotated[str | None, Optional, StringConstraints(max_length=64)] = Field(
-        default=None, alias="TeamId"
-    )
-    bundle_id: Annotated[str | None, Optional, StringConstraints(max_length=256)] = Field(
-        default=None, alias="BundleId"
-    )
-    service_account: Secret = Field(default=None, alias="ServiceAccount")
+    api_key: Secret | None = Field(default=None, alias="ApiKey")
+    secret: Secret | None = Field(default=None, alias="Secret")
+    token_key: Secret | None = Field(default=None, alias="TokenKey")
+    key_id: Text64 | None = Field(default=None, alias="KeyId")
+    team_id: Text64 | None = Field(default=None, alias="TeamId")
+    bundle_id: Text256 | None = Field(default=None, alias="BundleId")
+    service_account: Secret | None = Field(default=None, alias="ServiceAccount")
 
     @field_validator("service_account")
     @classmethod
@@ -83,15 +75,6 @@ class CredentialUpdateForm(Form):
 
 class CredentialForm(CredentialUpdateForm):
     type: CredentialType = Field(alias="Type")
-
-
-class CredentialListQuery(Form):
-    page_size: int = Field(default=50, ge=1, le=1000, alias="PageSize")
-    page: int = Field(default=0, ge=0, alias="Page")
-    page_token: Annotated[str | None, Optional] = Field(default=None, alias="PageToken")
-
-    def filters(self) -> dict[str, str | list[str]]:
-        return {}
 
 
 class CredentialResource(BaseModel):

@@ -18,6 +18,7 @@ from notify_server.delivery import repository
 from notify_server.delivery.callbacks import CallbackReporter
 from notify_server.delivery.channel_set import ChannelSet
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
+from notify_server.metrics import Metrics
 from notify_server.wire import utcnow
 
 log = logging.getLogger("notify_server.delivery")
@@ -39,11 +40,13 @@ class DeliveryWorker:
         settings: Settings,
         box: SecretBox,
         channels: ChannelSet | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
         self._box = box
         self._settings = settings
         self._channels = channels or ChannelSet(settings)
+        self._metrics = metrics
         self._callbacks = CallbackReporter(engine, settings, box)
         self._wake_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -116,13 +119,16 @@ class DeliveryWorker:
     async def _send(self, job: Job) -> Result:
         channel = self._channels.channel_for(job)
         try:
-            return await asyncio.wait_for(
+            result = await asyncio.wait_for(
                 channel.send(job), self._settings.delivery_timeout_seconds
             )
         except TimeoutError:
-            return Result(Outcome.RETRY, error_message=f"{channel.name}: no answer in time")
+            result = Result(Outcome.RETRY, error_message=f"{channel.name}: no answer in time")
         except Exception as exc:  # a provider we cannot reach is a transient failure
-            return Result(Outcome.RETRY, error_message=f"{channel.name}: {exc!r}")
+            result = Result(Outcome.RETRY, error_message=f"{channel.name}: {exc!r}")
+        if self._metrics is not None:
+            self._metrics.count_delivery(channel.name, result.outcome.value)
+        return result
 
     def _job(self, row: Row) -> Job:
         return Job(

@@ -3,8 +3,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from notify_server.bindings.models import RowId
-from notify_server.db import Base
+from notify_server.db import Base, RowId
 
 
 class Notification(Base):
@@ -13,7 +12,7 @@ class Notification(Base):
     id: Mapped[int] = mapped_column(RowId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(34), unique=True)
     account_sid: Mapped[str] = mapped_column(String(34))
-    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
+    service_id: Mapped[int] = mapped_column(RowId, ForeignKey("services.id", ondelete="CASCADE"))
     # The 201 body's fields (identities, tags, title, data, apn, ...) as JSON: what the
     # channels render from and what the API echoes.
     content: Mapped[str] = mapped_column(Text)
@@ -41,7 +40,7 @@ class Delivery(Base):
     notification_id: Mapped[int] = mapped_column(
         RowId, ForeignKey("notifications.id", ondelete="CASCADE")
     )
-    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
+    service_id: Mapped[int] = mapped_column(RowId, ForeignKey("services.id", ondelete="CASCADE"))
     # Null for a ToBinding target, or once the binding is deleted.
     binding_id: Mapped[int | None] = mapped_column(
         RowId, ForeignKey("bindings.id", ondelete="SET NULL"), index=True

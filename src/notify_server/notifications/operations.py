@@ -9,8 +9,9 @@ from sqlalchemy import Connection, Row
 from notify_server.bindings import repository as bindings
 from notify_server.bindings.operations import split_tags
 from notify_server.errors import NotFound
+from notify_server.forms import ListQuery
 from notify_server.notifications import repository
-from notify_server.notifications.schemas import DeliveryListQuery, NotificationForm
+from notify_server.notifications.schemas import NotificationForm
 from notify_server.paging import Page, fetch_page
 from notify_server.services.operations import get_service
 from notify_server.wire import new_sid, utcnow
@@ -92,7 +93,7 @@ def _callback_url(service: Row, form: NotificationForm) -> str | None:
 
 
 def list_deliveries(
-    conn: Connection, account_sid: str, service_sid: str, sid: str, query: DeliveryListQuery
+    conn: Connection, account_sid: str, service_sid: str, sid: str, query: ListQuery
 ) -> Page[Row]:
     get_service(conn, account_sid, service_sid)
     notification_id = repository.notification_id(conn, account_sid, service_sid, sid)

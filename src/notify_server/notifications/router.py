@@ -6,9 +6,9 @@ from starlette.responses import Response
 
 from notify_server import web
 from notify_server.db import transaction
+from notify_server.forms import ListQuery
 from notify_server.notifications import operations
 from notify_server.notifications.schemas import (
-    DeliveryListQuery,
     DeliveryResource,
     NotificationForm,
     NotificationResource,
@@ -35,7 +35,7 @@ async def list_deliveries(request: Request, service_sid: str, sid: str) -> Respo
     web.require_sid(service_sid, "IS")
     web.require_sid(sid, "NT")
     account_sid = web.authenticate(request)
-    query = DeliveryListQuery.parse(web.query(request))
+    query = ListQuery.parse(web.query(request))
     with transaction(web.engine(request), write=False) as conn:
         page = operations.list_deliveries(conn, account_sid, service_sid, sid, query)
     return web.page_response(

@@ -14,7 +14,7 @@ from pydantic import (
 
 from notify_server.bindings.schemas import E164, BindingType, Identity, Tag
 from notify_server.errors import InvalidParameter
-from notify_server.forms import Form, Optional
+from notify_server.forms import Form, Text2048, Text4096
 from notify_server.wire import format_date
 
 MAX_IDENTITIES = 20
@@ -43,7 +43,6 @@ def _json_object(value: Any) -> Any:
 
 
 JsonObject = Annotated[dict[str, Any] | None, BeforeValidator(_json_object)]
-Text = Annotated[str | None, Optional, StringConstraints(max_length=4096)]
 
 
 class ToBinding(BaseModel):
@@ -65,10 +64,10 @@ class NotificationForm(Form):
     to_bindings: list[str] = Field(
         default_factory=list, alias="ToBinding", max_length=MAX_TO_BINDINGS
     )
-    body: Text = Field(default=None, alias="Body")
-    title: Text = Field(default=None, alias="Title")
-    sound: Text = Field(default=None, alias="Sound")
-    action: Text = Field(default=None, alias="Action")
+    body: Text4096 | None = Field(default=None, alias="Body")
+    title: Text4096 | None = Field(default=None, alias="Title")
+    sound: Text4096 | None = Field(default=None, alias="Sound")
+    action: Text4096 | None = Field(default=None, alias="Action")
     priority: Annotated[Literal["high", "low"], BeforeValidator(lambda v: v or "high")] = Field(
         default="high", alias="Priority"
     )
@@ -82,9 +81,7 @@ class NotificationForm(Form):
     sms: JsonObject = Field(default=None, alias="Sms")
     facebook_messenger: JsonObject = Field(default=None, alias="FacebookMessenger")
     alexa: JsonObject = Field(default=None, alias="Alexa")
-    delivery_callback_url: Annotated[str | None, Optional, StringConstraints(max_length=2048)] = (
-        Field(default=None, alias="DeliveryCallbackUrl")
-    )
+    delivery_callback_url: Text2048 | None = Field(default=None, alias="DeliveryCallbackUrl")
 
     @field_validator("delivery_callback_url")
     @classmethod
@@ -205,15 +202,6 @@ class NotificationResource(BaseModel):
             date_created=format_date(notification.date_created),
             **notification.content,
         ).model_dump()
-
-
-class DeliveryListQuery(Form):
-    page_size: int = Field(default=50, ge=1, le=1000, alias="PageSize")
-    page: int = Field(default=0, ge=0, alias="Page")
-    page_token: Annotated[str | None, Optional] = Field(default=None, alias="PageToken")
-
-    def filters(self) -> dict[str, str | list[str]]:
-        return {}
 
 
 class DeliveryResource(BaseModel):

@@ -1,49 +1,46 @@
-from typing import Annotated
+from pydantic import AnyHttpUrl, BaseModel, Field, TypeAdapter, field_validator
 
-from pydantic import AnyHttpUrl, BaseModel, Field, StringConstraints, TypeAdapter, field_validator
-
-from notify_server.forms import Boolean, Form, Optional, SidPattern
+from notify_server.forms import (
+    Boolean,
+    CredentialSid,
+    Form,
+    ListQuery,
+    MessagingServiceSid,
+    Text64,
+    Text128,
+    Text2048,
+)
 from notify_server.wire import format_date
 
-ProtocolVersion = Annotated[str | None, Optional, StringConstraints(max_length=64)]
-CredentialSid = Annotated[str | None, Optional, Field(pattern=SidPattern["CR"])]
 _HTTP_URL = TypeAdapter(AnyHttpUrl)
 
 
 class ServiceForm(Form):
     """Create and update take the same fields; update changes only those given."""
 
-    friendly_name: Annotated[str | None, StringConstraints(max_length=64)] = Field(
-        default=None, alias="FriendlyName"
-    )
-    apn_credential_sid: CredentialSid = Field(default=None, alias="ApnCredentialSid")
-    gcm_credential_sid: CredentialSid = Field(default=None, alias="GcmCredentialSid")
-    fcm_credential_sid: CredentialSid = Field(default=None, alias="FcmCredentialSid")
-    messaging_service_sid: Annotated[str | None, Optional, Field(pattern=SidPattern["MG"])] = Field(
+    friendly_name: Text64 | None = Field(default=None, alias="FriendlyName")
+    apn_credential_sid: CredentialSid | None = Field(default=None, alias="ApnCredentialSid")
+    gcm_credential_sid: CredentialSid | None = Field(default=None, alias="GcmCredentialSid")
+    fcm_credential_sid: CredentialSid | None = Field(default=None, alias="FcmCredentialSid")
+    messaging_service_sid: MessagingServiceSid | None = Field(
         default=None, alias="MessagingServiceSid"
     )
-    facebook_messenger_page_id: Annotated[
-        str | None, Optional, StringConstraints(max_length=64)
-    ] = Field(default=None, alias="FacebookMessengerPageId")
-    alexa_skill_id: Annotated[str | None, Optional, StringConstraints(max_length=128)] = Field(
-        default=None, alias="AlexaSkillId"
-    )
-    default_apn_notification_protocol_version: ProtocolVersion = Field(
+    facebook_messenger_page_id: Text64 | None = Field(default=None, alias="FacebookMessengerPageId")
+    alexa_skill_id: Text128 | None = Field(default=None, alias="AlexaSkillId")
+    default_apn_notification_protocol_version: Text64 | None = Field(
         default=None, alias="DefaultApnNotificationProtocolVersion"
     )
-    default_gcm_notification_protocol_version: ProtocolVersion = Field(
+    default_gcm_notification_protocol_version: Text64 | None = Field(
         default=None, alias="DefaultGcmNotificationProtocolVersion"
     )
-    default_fcm_notification_protocol_version: ProtocolVersion = Field(
+    default_fcm_notification_protocol_version: Text64 | None = Field(
         default=None, alias="DefaultFcmNotificationProtocolVersion"
     )
-    default_alexa_notification_protocol_version: ProtocolVersion = Field(
+    default_alexa_notification_protocol_version: Text64 | None = Field(
         default=None, alias="DefaultAlexaNotificationProtocolVersion"
     )
     log_enabled: Boolean | None = Field(default=None, alias="LogEnabled")
-    delivery_callback_url: Annotated[str | None, Optional, StringConstraints(max_length=2048)] = (
-        Field(default=None, alias="DeliveryCallbackUrl")
-    )
+    delivery_callback_url: Text2048 | None = Field(default=None, alias="DeliveryCallbackUrl")
     delivery_callback_enabled: Boolean | None = Field(default=None, alias="DeliveryCallbackEnabled")
 
     @field_validator("delivery_callback_url")
@@ -61,11 +58,8 @@ class ServiceForm(Form):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
-class ServiceListQuery(Form):
-    friendly_name: str | None = Field(default=None, alias="FriendlyName")
-    page_size: int = Field(default=50, ge=1, le=1000, alias="PageSize")
-    page: int = Field(default=0, ge=0, alias="Page")
-    page_token: Annotated[str | None, Optional] = Field(default=None, alias="PageToken")
+class ServiceListQuery(ListQuery):
+    friendly_name: Text64 | None = Field(default=None, alias="FriendlyName")
 
     def filters(self) -> dict[str, str | list[str]]:
         return {} if self.friendly_name is None else {"FriendlyName": self.friendly_name}

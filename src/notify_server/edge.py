@@ -1,0 +1,83 @@
+"""The one pure-ASGI middleware (no per-request task hop): Twilio's wire conventions and
+the request's observability. `.json` suffixes, CORS, preflights, `Twilio-Request-Id`, one
+JSON access-log line and the request metrics."""
+
+import logging
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from notify_server.metrics import Metrics
+
+access_log = logging.getLogger("notify_server.access")
+
+# The CORS headers Twilio documents on every Notify response.
+CORS_HEADERS = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+    (
+        b"access-control-allow-headers",
+        b"Accept, Authorization, Content-Type, If-Match, If-Modified-Since, If-None-Match,"
+        b" If-Unmodified-Since",
+    ),
+    (b"access-control-allow-credentials", b"true"),
+    (b"access-control-expose-headers", b"ETag"),
+]
+
+
+class Edge:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, log_requests: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = "RQ" + uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        path: str = scope["path"]
+        if path.endswith(".json"):
+            # Twilio accepts an optional `.json` on every path.
+            scope["path"] = path[:-5]
+            scope["raw_path"] = scope["path"].encode()
+        headers = [*CORS_HEADERS, (b"twilio-request-id", request_id.encode())]
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
+        try:
+            if scope["method"] == "OPTIONS":
+                await send_with_headers({"type": "http.response.start", "status": 204})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            self._observe(scope, status, time.perf_counter() - started)
+
+    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        operation = getattr(route, "name", None) or "unmatched"
+        self.metrics.observe_request(operation, scope["method"], status, seconds)
+        if self.log_requests:
+            state = scope["state"]
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": state["request_id"],
+                    "method": scope["method"],
+                    "route": getattr(route, "path", None),
+                    "operation": operation,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "account_sid": state.get("account_sid"),
+                },
+            )
