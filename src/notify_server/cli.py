@@ -86,6 +86,14 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def import_command(args: argparse.Namespace, settings: Settings) -> int:
+    from notify_server.importer import run_import
+
+    if not args.no_migrate:
+        migrate.upgrade(settings.database_url)
+    return run_import(args, settings, secret_box(settings))
+
+
 def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     migrate.upgrade(settings.database_url, args.revision)
     return 0
@@ -146,6 +154,29 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
     worker_cmd.add_argument("--log-level", default="info")
     worker_cmd.set_defaults(run=worker)
+
+    import_cmd = commands.add_parser(
+        "import", help="copy Services, Bindings and Credential metadata from a Notify API"
+    )
+    import_cmd.add_argument(
+        "--from",
+        dest="source_url",
+        default="https://notify.twilio.com",
+        help="the Notify-compatible API to copy from (default Twilio's)",
+    )
+    import_cmd.add_argument("--account-sid", required=True, metavar="AC…")
+    import_cmd.add_argument("--auth-token", required=True)
+    import_cmd.add_argument(
+        "--service", action="append", metavar="IS…", help="only this service (repeatable)"
+    )
+    import_cmd.add_argument(
+        "--local-account",
+        metavar="AC…",
+        help="the local account to import into (default: the same account SID and token)",
+    )
+    import_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
+    import_cmd.add_argument("--quiet", action="store_true", help="only the summary")
+    import_cmd.set_defaults(run=import_command)
 
     db_cmd = commands.add_parser("db", help="database schema").add_subparsers(
         dest="db_command", required=True
