@@ -31,6 +31,7 @@ from notify_server.errors import (
     TwilioError,
     twilio_error_response,
 )
+from notify_server.logs import quiet_secret_loggers
 from notify_server.metrics import Metrics
 from notify_server.notifications.router import router as notifications_router
 from notify_server.ratelimit import RateLimiter
@@ -78,6 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    quiet_secret_loggers()
     engine = make_engine(settings.database_url)
 
     secret_box = SecretBox(settings.secret_key, settings.secret_key_file)

@@ -43,6 +43,12 @@ def configure_logging(level: str = "info") -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    quiet_secret_loggers()
+
+
+def quiet_secret_loggers() -> None:
+    # hpack logs every HTTP/2 header it encodes at DEBUG, bearer tokens included.
+    logging.getLogger("hpack").setLevel(logging.INFO)
 
 
 def uvicorn_log_config(level: str) -> dict[str, Any]:
@@ -63,5 +69,7 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
             "uvicorn": {"handlers": [], "propagate": True},
             "uvicorn.error": {"handlers": [], "propagate": True},
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "CRITICAL"},
+            # hpack logs every HTTP/2 header it encodes at DEBUG, bearer tokens included.
+            "hpack": {"level": "INFO"},
         },
     }

@@ -28,6 +28,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 
 
+def utcnow_precise() -> datetime:
+    # For scheduling (leases, backoff), where a second's rounding would delay retries.
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 def format_date(value: datetime) -> str:
     # twilio-python parses only this form; anything else stays a raw string.
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")

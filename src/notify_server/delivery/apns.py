@@ -26,7 +26,6 @@ from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Res
 
 log = logging.getLogger("notify_server.delivery")
 # hpack logs every header it encodes at DEBUG, the provider token (authorization) included.
-logging.getLogger("hpack").setLevel(logging.INFO)
 
 # Apple refuses provider tokens older than an hour and refreshes more often than every 20 minutes.
 TOKEN_REFRESH_SECONDS = 50 * 60

@@ -46,7 +46,6 @@ errors -> retried; any other 4xx -> failed with FCM's message.
 import asyncio
 import functools
 import json
-import logging
 import time
 from typing import Any
 
@@ -55,8 +54,6 @@ import jwt
 
 from notify_server.config import Settings
 from notify_server.delivery.channels import Job, Outcome, Result
-
-log = logging.getLogger("notify_server.delivery")
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"

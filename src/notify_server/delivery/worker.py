@@ -19,7 +19,7 @@ from notify_server.delivery.callbacks import CallbackReporter
 from notify_server.delivery.channel_set import ChannelSet
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
 from notify_server.metrics import Metrics
-from notify_server.wire import utcnow
+from notify_server.wire import utcnow_precise
 
 log = logging.getLogger("notify_server.delivery")
 
@@ -99,7 +99,7 @@ class DeliveryWorker:
     def _claim(self, limit: int) -> list[Row]:
         if limit <= 0:
             return []
-        now = utcnow()
+        now = utcnow_precise()
         lease_until = now + timedelta(seconds=self._settings.delivery_lease_seconds)
         with transaction(self._engine, write=True) as conn:
             return repository.claim(conn, now=now, lease_until=lease_until, limit=limit)
@@ -107,7 +107,7 @@ class DeliveryWorker:
     async def _deliver(self, row: Row) -> None:
         try:
             job = self._job(row)
-            if job.attempt > 1 and utcnow() >= job.expires_at:
+            if job.attempt > 1 and utcnow_precise() >= job.expires_at:
                 result = Result(Outcome.FAILED, error_message="TTL expired before delivery")
             else:
                 result = await self._send(job)
@@ -161,7 +161,7 @@ class DeliveryWorker:
         return credential
 
     def _record(self, row: Row, result: Result) -> None:
-        now = utcnow()
+        now = utcnow_precise()
         provider = {
             "provider_status": result.provider_status,
             "provider_response": result.provider_response,
