@@ -29,7 +29,7 @@ class RecordingHttpClient(TwilioHttpClient):
         super().__init__(timeout=15)
         self.exchanges: list[Exchange] = []
 
-    def request(self, method, url, params=None, data=None, **kwargs) -> Response:  # type: ignore[no-untyped-def, override]
+    def request(self, method, url, params=None, data=None, **kwargs) -> Response:
         response = super().request(method, url, params=params, data=data, **kwargs)
         self.exchanges.append(
             Exchange(method, url, params, data, response.status_code, response.text)
@@ -71,4 +71,4 @@ def sdk(server: LiveServer, account: Account) -> Client:
 @pytest.fixture
 def wire(sdk: Client) -> RecordingHttpClient:
     """What `sdk` sent and received."""
-    return sdk.http_client  # type: ignore[return-value]
+    return sdk.http_client

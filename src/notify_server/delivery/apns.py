@@ -25,7 +25,6 @@ from notify_server.config import Settings
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
 
 log = logging.getLogger("notify_server.delivery")
-# hpack logs every header it encodes at DEBUG, the provider token (authorization) included.
 
 # Apple refuses provider tokens older than an hour and refreshes more often than every 20 minutes.
 TOKEN_REFRESH_SECONDS = 50 * 60

@@ -4,8 +4,9 @@ binding types go through FCM v1).
 Authentication: the credential's ServiceAccount (the Firebase service-account JSON key) signs
 an RS256 JWT assertion {iss: client_email, scope: firebase.messaging, aud: token_uri, iat,
 exp: iat + 3600}, exchanged at the token endpoint (NOTIFY_FCM_TOKEN_URL, else the key's
-token_uri) for an OAuth2 access token, cached per client_email until shortly before it
-expires. Twilio's legacy credentials (ApiKey / Secret: a Firebase "server key") cannot send
+token_uri) for an OAuth2 access token, cached per client_email (and private key: another
+account's credential naming the same client_email must prove the key itself) until shortly
+before it expires. Twilio's legacy credentials (ApiKey / Secret: a Firebase "server key") cannot send
 any more: Google shut the legacy API down in 2024, so such a delivery fails saying so.
 
 The message, as Twilio rendered a notification for FCM/GCM:
@@ -45,6 +46,7 @@ errors -> retried; any other 4xx -> failed with FCM's message.
 
 import asyncio
 import functools
+import hashlib
 import json
 import time
 from typing import Any
@@ -88,7 +90,7 @@ class FcmChannel:
         self._base_url = settings.fcm_url.rstrip("/")
         self._token_url = settings.fcm_token_url
         self._client = httpx.AsyncClient(http2=True, timeout=settings.delivery_timeout_seconds)
-        # client_email -> (access token, monotonic time to renew it)
+        # (client_email, key digest) -> (access token, monotonic time to renew it)
         self._tokens: dict[str, tuple[str, float]] = {}
         self._token_locks: dict[str, asyncio.Lock] = {}
 
@@ -101,7 +103,6 @@ class FcmChannel:
             request = render(job)
         except FcmError as error:
             return Result(Outcome.FAILED, error_message=str(error))
-        email = account["client_email"]
         try:
             token = await self._access_token(account)
         except FcmError as error:
@@ -116,20 +117,23 @@ class FcmChannel:
         except httpx.HTTPError as error:
             return Result(Outcome.RETRY, error_message=f"FCM unreachable: {error!r}")
         if response.status_code == 401:
-            # Revoked or expired early: fetch a new one on the next attempt.
-            self._tokens.pop(email, None)
+            # Revoked or expired early: fetch a new one on the next attempt (unless a
+            # concurrent delivery already did).
+            key = _cache_key(account)
+            if self._tokens.get(key, ("",))[0] == token:
+                del self._tokens[key]
         return answer(response)
 
     async def _access_token(self, account: dict[str, str]) -> str:
-        email = account["client_email"]
-        lock = self._token_locks.setdefault(email, asyncio.Lock())
+        key = _cache_key(account)
+        lock = self._token_locks.setdefault(key, asyncio.Lock())
         async with lock:
-            cached = self._tokens.get(email)
+            cached = self._tokens.get(key)
             if cached is not None and cached[1] > time.monotonic():
                 return cached[0]
             token, expires_in = await self._exchange(account)
             margin = min(TOKEN_MARGIN_SECONDS, expires_in / 2)
-            self._tokens[email] = (token, time.monotonic() + expires_in - margin)
+            self._tokens[key] = (token, time.monotonic() + expires_in - margin)
             return token
 
     async def _exchange(self, account: dict[str, str]) -> tuple[str, float]:
@@ -175,6 +179,13 @@ class FcmChannel:
         except (TypeError, ValueError):
             expires_in = float(ASSERTION_LIFETIME)
         return token, max(expires_in, 0.0)
+
+
+def _cache_key(account: dict[str, str]) -> tuple[str, str]:
+    """Per client_email, and per key: a token obtained with one account's real key must never
+    serve another account's credential that merely names the same client_email."""
+    digest = hashlib.sha256(account["private_key"].encode()).hexdigest()
+    return (account["client_email"], digest)
 
 
 def _service_account(job: Job) -> dict[str, str]:
