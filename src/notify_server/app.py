@@ -23,7 +23,6 @@ from notify_server.db import make_engine
 from notify_server.delivery.worker import DeliveryWorker
 from notify_server.edge import Edge
 from notify_server.errors import (
-    InternalError,
     InvalidParameter,
     MethodNotAllowed,
     NotFound,
@@ -70,11 +69,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def database_unavailable(request: Request, error: OperationalError) -> Response:
         log.error("database error on %s %s: %s", request.method, request.url.path, error.orig)
         return twilio_error_response(ServiceUnavailable())
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return twilio_error_response(InternalError())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -29,6 +29,8 @@ def secret_box(settings: Settings) -> SecretBox:
 
 
 def _ensure_configured_account(settings: Settings) -> None:
+    if bool(settings.account_sid) != bool(settings.auth_token):
+        raise InvalidAccountSid("NOTIFY_ACCOUNT_SID and NOTIFY_AUTH_TOKEN go together: set both")
     if settings.account_sid and settings.auth_token:
         engine = make_engine(settings.database_url)
         try:

@@ -8,9 +8,11 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from notify_server.errors import InternalError, twilio_error_response
 from notify_server.metrics import Metrics
 
 access_log = logging.getLogger("notify_server.access")
+log = logging.getLogger("notify_server")
 
 # The CORS headers Twilio documents on every Notify response.
 CORS_HEADERS = [
@@ -46,11 +48,13 @@ class Edge:
             scope["raw_path"] = scope["path"].encode()
         headers = [*CORS_HEADERS, (b"twilio-request-id", request_id.encode())]
         status = 500
+        started_response = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message["headers"] = [*message.get("headers", ()), *headers]
             await send(message)
 
@@ -60,6 +64,12 @@ class Edge:
                 await send({"type": "http.response.body", "body": b""})
             else:
                 await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Anything no handler mapped: logged here, answered as Twilio's 500 (never a
+            # stack trace), with the same headers as every other response.
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not started_response:
+                await twilio_error_response(InternalError())(scope, receive, send_with_headers)
         finally:
             self._observe(scope, status, time.perf_counter() - started)
 

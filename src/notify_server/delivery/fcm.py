@@ -6,8 +6,9 @@ an RS256 JWT assertion {iss: client_email, scope: firebase.messaging, aud: token
 exp: iat + 3600}, exchanged at the token endpoint (NOTIFY_FCM_TOKEN_URL, else the key's
 token_uri) for an OAuth2 access token, cached per client_email (and private key: another
 account's credential naming the same client_email must prove the key itself) until shortly
-before it expires. Twilio's legacy credentials (ApiKey / Secret: a Firebase "server key") cannot send
-any more: Google shut the legacy API down in 2024, so such a delivery fails saying so.
+before it expires. Twilio's legacy credentials (ApiKey / Secret: a Firebase "server key")
+cannot send any more: Google shut the legacy API down in 2024, so such a delivery fails
+saying so.
 
 The message, as Twilio rendered a notification for FCM/GCM:
     message.token             the binding's address
@@ -65,7 +66,12 @@ ASSERTION_LIFETIME = 3600
 TOKEN_MARGIN_SECONDS = 300
 MAX_RESPONSE_CHARS = 2000
 
-_TWILIO_DATA_KEYS = (("body", "twi_body"), ("title", "twi_title"), ("sound", "twi_sound"))
+_TWILIO_DATA_KEYS = (
+    ("body", "twi_body"),
+    ("title", "twi_title"),
+    ("sound", "twi_sound"),
+    ("action", "twi_action"),
+)
 _NOTIFICATION_KEYS = frozenset(("title", "body", "image"))
 _NATIVE_KEYS = ("android", "apns", "webpush", "fcm_options")
 _LEGACY_RETIRED = (
@@ -91,8 +97,8 @@ class FcmChannel:
         self._token_url = settings.fcm_token_url
         self._client = httpx.AsyncClient(http2=True, timeout=settings.delivery_timeout_seconds)
         # (client_email, key digest) -> (access token, monotonic time to renew it)
-        self._tokens: dict[str, tuple[str, float]] = {}
-        self._token_locks: dict[str, asyncio.Lock] = {}
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -120,7 +126,8 @@ class FcmChannel:
             # Revoked or expired early: fetch a new one on the next attempt (unless a
             # concurrent delivery already did).
             key = _cache_key(account)
-            if self._tokens.get(key, ("",))[0] == token:
+            cached = self._tokens.get(key)
+            if cached is not None and cached[0] == token:
                 del self._tokens[key]
         return answer(response)
 
@@ -220,7 +227,7 @@ def render(job: Job) -> dict[str, Any]:
     """The messages:send request body for one job."""
     content = job.content
     data: dict[str, str] = {}
-    for field, key in (*_TWILIO_DATA_KEYS, ("action", "twi_action")):
+    for field, key in _TWILIO_DATA_KEYS:
         if content.get(field) is not None:
             data[key] = content[field]
     data.update(_string_values(content.get("data") or {}))
