@@ -22,10 +22,18 @@ from urllib.parse import urljoin
 import httpx
 import orjson
 from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from notify_server.accounts import repository as accounts
 from notify_server.accounts.operations import ensure_account, hash_secret
-from notify_server.bindings.repository import binding_tags, bindings, digest
+from notify_server.bindings.repository import (
+    LOCK_ENDPOINT,
+    LOCK_IDENTITY,
+    binding_tags,
+    bindings,
+    digest,
+    lock,
+)
 from notify_server.bindings.schemas import BINDING_TYPES
 from notify_server.config import Settings
 from notify_server.credentials.repository import credentials
@@ -252,6 +260,7 @@ class Report:
     bindings: Tally = field(default_factory=Tally)
     credentials: Tally = field(default_factory=Tally)
     conflicts: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
     # (sid, type, friendly_name) of the copied credentials that hold no secrets here.
     needs_secrets: dict[str, tuple[str, str | None]] = field(default_factory=dict)
@@ -267,6 +276,9 @@ class Report:
             f"conflicts skipped: {len(self.conflicts)}",
         ]
         lines += _listed(self.conflicts)
+        if self.cleared:
+            lines.append(f"credential references cleared: {len(self.cleared)}")
+            lines += _listed(self.cleared)
         if self.invalid:
             lines.append(f"invalid records skipped: {len(self.invalid)}")
             lines += _listed(self.invalid)
@@ -532,8 +544,8 @@ def _foreign_credentials(
     for column in columns:
         owner = owners.get(values[column])
         if owner is not None and owner != account_sid:
-            report.conflicts.append(
-                f"{what}: {column} {values[column]} belongs to another local account: cleared"
+            report.cleared.append(
+                f"{what}: {column} {values[column]} is another local account's credential"
             )
             values[column] = None
 
@@ -619,6 +631,12 @@ def write_bindings(
     service (say one registered after the switch) is a conflict: skipped, reported.
     """
     service_id = service["id"]
+    # The API's locks, so a registration arriving meanwhile cannot slip in between the checks
+    # below and the writes. Its order too (endpoints, then identities), sorted: no deadlock.
+    for endpoint_key in sorted({v["endpoint_key"] for v in records if v["endpoint_key"]}):
+        lock(conn, LOCK_ENDPOINT, service_id, endpoint_key)
+    for identity in sorted({v["identity"] for v in records}):
+        lock(conn, LOCK_IDENTITY, service_id, identity)
     existing = _rows_by_sid(conn, bindings, [v["sid"] for v in records])
     by_address = _holders(conn, service_id, "address_key", [v["address_key"] for v in records])
     by_endpoint = _holders(
@@ -737,6 +755,16 @@ def run_import(args: argparse.Namespace, settings: Settings, box: SecretBox) -> 
         progress.done()
         _print_summary(report, local_url)
         print(f"notify-server import: {exc}", file=stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        progress.done()
+        _print_summary(report, local_url)
+        detail = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
+        print(
+            f"notify-server import: the local database failed: {detail}. What was copied stays"
+            " copied: run the same command again to finish",
+            file=stderr,
+        )
         return 1
     except KeyboardInterrupt:
         progress.done()

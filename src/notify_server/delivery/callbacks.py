@@ -73,7 +73,9 @@ class CallbackReporter:
         self._due = False
         self._next_check = time.monotonic() + self._check_every
         with self._engine.connect() as conn:
-            notification_ids = repository.notifications_to_report(conn, _NOTIFICATIONS_PER_ROUND)
+            notification_ids = repository.notifications_to_report(
+                conn, utcnow(), _NOTIFICATIONS_PER_ROUND
+            )
         for notification_id in notification_ids:
             try:
                 await self._report(notification_id)

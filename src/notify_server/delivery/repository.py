@@ -103,6 +103,14 @@ def _service_credential_for(binding_type: ColumnElement[str]) -> ColumnElement[s
     )
 
 
+def renew_leases(conn: Connection, delivery_ids: Sequence[int], lease_until: datetime) -> None:
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id.in_(delivery_ids), deliveries.c.status == SENDING)
+        .values(next_attempt_at=lease_until)
+    )
+
+
 _CREDENTIAL = select(
     credentials.c.sid, credentials.c.type, credentials.c.sandbox, credentials.c.encrypted_secrets
 ).where(credentials.c.sid == bindparam("sid"))
@@ -173,11 +181,18 @@ def delete_binding(conn: Connection, binding_id: int) -> None:
 # Delivery callbacks
 
 
-def notifications_to_report(conn: Connection, limit: int) -> list[int]:
+def notifications_to_report(conn: Connection, now: datetime, limit: int) -> list[int]:
+    """Notifications with final rows not yet reported, skipping those whose callbacks are
+    leased (being sent, or waiting to retry after a refusal): they must not starve the rest."""
+    free = (notifications.c.callback_locked_until.is_(None)) | (
+        notifications.c.callback_locked_until < now
+    )
     statement = (
         select(deliveries.c.notification_id)
-        .where(deliveries.c.reported.is_(False), deliveries.c.status.in_(FINAL))
+        .join(notifications, notifications.c.id == deliveries.c.notification_id)
+        .where(deliveries.c.reported.is_(False), deliveries.c.status.in_(FINAL), free)
         .distinct()
+        .order_by(deliveries.c.notification_id)
         .limit(limit)
     )
     return [row.notification_id for row in conn.execute(statement)]

@@ -3,6 +3,7 @@ answer. Runs inside `notify-server serve` and alone as `notify-server worker`.""
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -51,7 +52,9 @@ class DeliveryWorker:
         self._wake_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self._in_flight: set[asyncio.Task[None]] = set()
+        # delivery id -> the task sending it; their leases are renewed while they run.
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._leases_renewed_at = 0.0
         self._credentials: dict[str, tuple[CredentialSecrets | None, float]] = {}
 
     def wake(self) -> None:
@@ -71,28 +74,57 @@ class DeliveryWorker:
                 claimed = []
             for row in claimed:
                 task = asyncio.create_task(self._deliver(row))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+                self._in_flight[row.id] = task
+                task.add_done_callback(functools.partial(self._finished, row.id))
+            self._renew_leases()
             await self._callbacks.report_due()
             if len(self._in_flight) >= concurrency:
-                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    self._in_flight.values(),
+                    timeout=self._lease_seconds / 3,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             elif not claimed:
                 await self._idle()
             else:
                 await asyncio.sleep(0)
 
+    def _finished(self, delivery_id: int, _task: "asyncio.Task[None]") -> None:
+        self._in_flight.pop(delivery_id, None)
+
     async def _idle(self) -> None:
         assert self._wake_event is not None
+        timeout = min(self._settings.worker_poll_seconds, self._lease_seconds / 3)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake_event.wait(), self._settings.worker_poll_seconds)
+            await asyncio.wait_for(self._wake_event.wait(), timeout)
         self._wake_event.clear()
+
+    @property
+    def _lease_seconds(self) -> float:
+        return self._settings.delivery_lease_seconds
+
+    def _renew_leases(self) -> None:
+        """A send may outlast the lease; while this worker lives, its rows stay its own. The
+        lease only lets another worker take over the rows of one that died."""
+        if (
+            not self._in_flight
+            or time.monotonic() - self._leases_renewed_at < self._lease_seconds / 3
+        ):
+            return
+        self._leases_renewed_at = time.monotonic()
+        lease_until = utcnow_precise() + timedelta(seconds=self._lease_seconds)
+        try:
+            with transaction(self._engine, write=True) as conn:
+                repository.renew_leases(conn, list(self._in_flight), lease_until)
+        except Exception:
+            log.exception("renewing delivery leases failed; retrying")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; let what is in flight finish (what does not is claimed again later)."""
         self._stopping = True
         self.wake()
         if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=timeout)
+            await asyncio.wait(self._in_flight.values(), timeout=timeout)
         await self._channels.aclose()
         await self._callbacks.aclose()
 
@@ -100,24 +132,32 @@ class DeliveryWorker:
         if limit <= 0:
             return []
         now = utcnow_precise()
-        lease_until = now + timedelta(seconds=self._settings.delivery_lease_seconds)
+        lease_until = now + timedelta(seconds=self._lease_seconds)
         with transaction(self._engine, write=True) as conn:
             return repository.claim(conn, now=now, lease_until=lease_until, limit=limit)
 
     async def _deliver(self, row: Row) -> None:
         try:
-            job = self._job(row)
-            if job.attempt > 1 and utcnow_precise() >= job.expires_at:
-                result = Result(Outcome.FAILED, error_message="TTL expired before delivery")
+            try:
+                job = self._job(row)
+            except Exception as exc:  # e.g. a credential sealed with another key
+                log.exception("delivery %s could not be prepared", row.id)
+                result = Result(Outcome.RETRY, error_message=f"could not prepare: {exc!r}")
             else:
-                result = await self._send(job)
+                if job.attempt > 1 and utcnow_precise() >= job.expires_at:
+                    result = Result(Outcome.FAILED, error_message="TTL expired before delivery")
+                else:
+                    result = await self._send(job)
             self._record(row, result)
         except Exception:
-            # The row stays leased and is claimed again when the lease runs out.
+            # Recording failed: the row stays leased and is claimed again after the lease.
             log.exception("delivery %s failed unexpectedly", row.id)
 
     async def _send(self, job: Job) -> Result:
-        channel = self._channels.channel_for(job)
+        try:
+            channel = self._channels.channel_for(job)
+        except Exception as exc:
+            return Result(Outcome.RETRY, error_message=f"no channel: {exc!r}")
         try:
             result = await asyncio.wait_for(
                 channel.send(job), self._settings.delivery_timeout_seconds
