@@ -730,3 +730,29 @@ class TestListDeliveries:
         response = client.get(deliveries_path(service_sid, notification["sid"]))
         assert response.status_code == 401
         assert response.json() == UNAUTHENTICATED
+
+
+class TestReservedKeysInNestedOverrideData:
+    """An override's own `data` may not carry the keys Notify itself writes (twi_body, ...)."""
+
+    def test_fcm_data_with_twi_key_is_refused(self, client, account):
+        service = make_service(client, account)
+        response = client.post(
+            f"/v1/Services/{service['sid']}/Notifications",
+            data={"Identity": "alice", "Fcm": '{"data": {"twi_body": "x"}}'},
+            auth=account.auth,
+        )
+        assert response.status_code == 400
+        assert response.json()["code"] == 20001
+        assert "Fcm" in response.json()["message"]
+        assert "twi_body" in response.json()["message"]
+
+    def test_fcm_data_without_twi_keys_is_accepted(self, client, account):
+        service = make_service(client, account)
+        response = client.post(
+            f"/v1/Services/{service['sid']}/Notifications",
+            data={"Identity": "alice", "Fcm": '{"data": {"body": "x"}}'},
+            auth=account.auth,
+        )
+        assert response.status_code == 201
+        assert response.json()["fcm"] == {"data": {"body": "x"}}

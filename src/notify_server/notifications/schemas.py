@@ -112,7 +112,11 @@ class NotificationForm(Form):
             override = getattr(self, _FIELD_FOR_ALIAS[name])
             if override is None:
                 continue
-            if reserved := _reserved_keys(override):
+            # The Fcm/Gcm overrides nest their own data: Notify's twi_ keys live there too.
+            nested = override.get("data")
+            if reserved := _reserved_keys(override) + (
+                _reserved_keys(nested) if isinstance(nested, dict) else []
+            ):
                 raise InvalidParameter(
                     f"Parameter '{name}' is invalid: keys starting with 'twi_' are reserved:"
                     f" {reserved}"
