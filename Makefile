@@ -7,7 +7,7 @@ NOTIFY_ACCOUNT_SID ?= ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 NOTIFY_AUTH_TOKEN ?= local-dev-auth-token
 export NOTIFY_ACCOUNT_SID NOTIFY_AUTH_TOKEN
 
-.PHONY: run test test-sqlite test-postgres lint bench clean
+.PHONY: run test test-sqlite test-postgres lint bench clean node-deps
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ run: $(BIN)/.installed
 	$(BIN)/notify-server serve
 
 # SQLite always; PostgreSQL as well when NOTIFY_TEST_DATABASE_URL names one.
-test: $(BIN)/.installed lint test-sqlite
+test: $(BIN)/.installed lint node-deps test-sqlite
 	@if [ -n "$$NOTIFY_TEST_DATABASE_URL" ]; then $(MAKE) --no-print-directory test-postgres; fi
 
 test-sqlite: $(BIN)/.installed
@@ -28,9 +28,13 @@ test-sqlite: $(BIN)/.installed
 test-postgres: $(BIN)/.installed
 	$(BIN)/pytest
 
+# The official Node.js SDK's test needs its package; skipped where npm is missing.
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/node --no-audit --no-fund --silent; fi
+
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests alembic bench
-	$(BIN)/ruff format --check src tests alembic bench
+	$(BIN)/ruff check src tests alembic bench tools
+	$(BIN)/ruff format --check src tests alembic bench tools
 	$(BIN)/mypy src
 
 bench: $(BIN)/.installed
