@@ -8,6 +8,7 @@ import signal
 import sys
 
 import uvicorn
+from sqlalchemy.exc import IntegrityError
 
 from notify_server import migrate
 from notify_server.accounts.operations import (
@@ -34,10 +35,17 @@ def _ensure_configured_account(settings: Settings) -> None:
     if settings.account_sid and settings.auth_token:
         engine = make_engine(settings.database_url)
         try:
-            with transaction(engine, write=True) as conn:
-                ensure_account(
-                    conn, secret_box(settings), settings.account_sid, settings.auth_token
-                )
+            for attempt in (1, 2):
+                try:
+                    with transaction(engine, write=True) as conn:
+                        ensure_account(
+                            conn, secret_box(settings), settings.account_sid, settings.auth_token
+                        )
+                    break
+                except IntegrityError:
+                    # A process starting beside this one inserted it first: look again.
+                    if attempt == 2:
+                        raise
         finally:
             engine.dispose()
 
@@ -50,6 +58,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.no_worker:
         # uvicorn's worker processes build their own Settings from the environment.
         os.environ["NOTIFY_WORKER_ENABLED"] = "false"
+    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; without a
+    # handler of ours that would end the process with 143 instead of 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         "notify_server.app:create_app",
         factory=True,
@@ -61,6 +72,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         # Our own middleware logs each request, as JSON, and sets every header a client needs.
         access_log=False,
         server_header=False,
+        # Requests still running this long after SIGTERM are cut off.
+        timeout_graceful_shutdown=25,
     )
     return 0
 

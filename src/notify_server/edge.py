@@ -74,7 +74,8 @@ class Edge:
             self._observe(scope, status, time.perf_counter() - started)
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
-        route = scope.get("route")
+        # A 405 matched a path, not an operation.
+        route = scope.get("route") if status != 405 else None
         operation = getattr(route, "name", None) or "unmatched"
         self.metrics.observe_request(operation, scope["method"], status, seconds)
         if self.log_requests:

@@ -8,6 +8,7 @@ run again, and copies nothing twice.
 
 import argparse
 import email.utils
+import hashlib
 import os
 import random
 import sys
@@ -21,7 +22,18 @@ from urllib.parse import urljoin
 
 import httpx
 import orjson
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from notify_server.accounts import repository as accounts
@@ -32,7 +44,6 @@ from notify_server.bindings.repository import (
     binding_tags,
     bindings,
     digest,
-    lock,
 )
 from notify_server.bindings.schemas import BINDING_TYPES
 from notify_server.config import Settings
@@ -65,6 +76,9 @@ _SERVICE_DEFAULT_VERSION = {
 }
 
 
+RUN_AGAIN = "What was copied stays copied: run the same command again to finish"
+
+
 class ImportFailed(Exception):
     pass
 
@@ -88,13 +102,11 @@ class Source:
         *,
         retries: int = MAX_RETRIES,
         delay: float = RETRY_DELAY,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url
         self._progress = progress
         self._retries = retries
         self._delay = delay
-        self._sleep = sleep
         self._client = httpx.Client(
             auth=(username, password),
             timeout=httpx.Timeout(60.0, connect=10.0),
@@ -131,8 +143,7 @@ class Source:
             if attempt == self._retries:
                 raise ImportFailed(
                     f"the source kept failing ({problem}) on GET {url}; gave up after"
-                    f" {self._retries} retries. What was copied stays copied: run the same"
-                    " command again to finish"
+                    f" {self._retries} retries. {RUN_AGAIN}"
                 )
             if wait is None:
                 wait = min(self._delay * 2**attempt, MAX_DELAY) * random.uniform(0.5, 1.0)
@@ -140,7 +151,7 @@ class Source:
                 f"source: {problem} on GET {url}; retry {attempt + 1}/{self._retries}"
                 f" in {wait:.1f} s"
             )
-            self._sleep(wait)
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def pages(self, url: str) -> Iterator[list[dict]]:
@@ -262,7 +273,7 @@ class Report:
     conflicts: list[str] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
-    # (sid, type, friendly_name) of the copied credentials that hold no secrets here.
+    # sid -> (type, friendly_name) of the copied credentials that hold no secrets here.
     needs_secrets: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
     def lines(self, local_url: str) -> list[str]:
@@ -611,6 +622,29 @@ _DELETE_TAGS = delete(binding_tags).where(
 )
 
 
+_LOCK_ALL = text(
+    "SELECT pg_advisory_xact_lock(:namespace, key) FROM unnest(CAST(:keys AS integer[])) AS key"
+)
+
+
+def lock_key(service_id: int, value: str) -> int:
+    # The key bindings.repository.lock takes for (service_id, value): they must agree.
+    digest = hashlib.blake2b(f"{service_id}\x00{value}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_all(
+    conn: Connection, namespace: int, service_id: int, values: Iterable[str | None]
+) -> None:
+    """bindings.repository.lock for many values in one round trip; in key order, so two
+    imports never wait on each other crosswise. SQLite needs none (BEGIN IMMEDIATE)."""
+    if conn.dialect.name != "postgresql":
+        return
+    keys = sorted({lock_key(service_id, v) for v in values if v is not None})
+    if keys:
+        conn.execute(_LOCK_ALL, {"namespace": namespace, "keys": keys})
+
+
 def _holders(conn: Connection, service_id: int, column: str, keys: Sequence[str]) -> dict[str, str]:
     """Which binding of the service holds each unique key (address_key or endpoint_key)."""
     held: dict[str, str] = {}
@@ -632,11 +666,9 @@ def write_bindings(
     """
     service_id = service["id"]
     # The API's locks, so a registration arriving meanwhile cannot slip in between the checks
-    # below and the writes. Its order too (endpoints, then identities), sorted: no deadlock.
-    for endpoint_key in sorted({v["endpoint_key"] for v in records if v["endpoint_key"]}):
-        lock(conn, LOCK_ENDPOINT, service_id, endpoint_key)
-    for identity in sorted({v["identity"] for v in records}):
-        lock(conn, LOCK_IDENTITY, service_id, identity)
+    # below and the writes; and its order (endpoints, then identities): no deadlock.
+    lock_all(conn, LOCK_ENDPOINT, service_id, [v["endpoint_key"] for v in records])
+    lock_all(conn, LOCK_IDENTITY, service_id, [v["identity"] for v in records])
     existing = _rows_by_sid(conn, bindings, [v["sid"] for v in records])
     by_address = _holders(conn, service_id, "address_key", [v["address_key"] for v in records])
     by_endpoint = _holders(
@@ -749,38 +781,24 @@ def run_import(args: argparse.Namespace, settings: Settings, box: SecretBox) -> 
         return 2
     engine = make_engine(settings.database_url)
     source = Source(source_url, args.account_sid, args.auth_token, progress)
+    failure, code = None, 0
     try:
         _copy(args, source, engine, box, progress, report)
     except ImportFailed as exc:
-        progress.done()
-        _print_summary(report, local_url)
-        print(f"notify-server import: {exc}", file=stderr)
-        return 1
+        failure, code = str(exc), 1
     except SQLAlchemyError as exc:
-        progress.done()
-        _print_summary(report, local_url)
         detail = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
-        print(
-            f"notify-server import: the local database failed: {detail}. What was copied stays"
-            " copied: run the same command again to finish",
-            file=stderr,
-        )
-        return 1
+        failure, code = f"the local database failed: {detail}. {RUN_AGAIN}", 1
     except KeyboardInterrupt:
-        progress.done()
-        _print_summary(report, local_url)
-        print(
-            "notify-server import: interrupted. What was copied stays copied: run the same"
-            " command again to finish",
-            file=stderr,
-        )
-        return 130
+        failure, code = f"interrupted. {RUN_AGAIN}", 130
     finally:
         source.close()
         engine.dispose()
     progress.done()
-    _print_summary(report, local_url)
-    return 0
+    print("\n".join(report.lines(local_url)), flush=True)
+    if failure:
+        print(f"notify-server import: {failure}", file=stderr)
+    return code
 
 
 def _usage_problem(args: argparse.Namespace) -> str | None:
@@ -799,10 +817,6 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if not args.source_url.startswith(("http://", "https://")):
         return f"--from must be an http(s) URL: {args.source_url!r}"
     return None
-
-
-def _print_summary(report: Report, local_url: str) -> None:
-    print("\n".join(report.lines(local_url)), flush=True)
 
 
 def _copy(
@@ -871,7 +885,6 @@ def _local_account(args: argparse.Namespace, engine: Engine, box: SecretBox, rep
                 f"no local account {args.local_account} (create one with"
                 " `notify-server accounts create`, or leave out --local-account)"
             )
-        report.account_note = ""
         return str(args.local_account)
     # The source's own account SID and token: the same credentials work here after the switch.
     with transaction(engine, write=True) as conn:

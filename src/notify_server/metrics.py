@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from notify_server.bindings.repository import bindings
 from notify_server.notifications.repository import PENDING, SENDING, deliveries
@@ -26,8 +27,8 @@ class Metrics:
         )
         self._latency = Histogram(
             "notify_request_duration_seconds",
-            "HTTP request latency by operation and status",
-            ("operation", "status"),
+            "HTTP request latency by operation, method and status",
+            ("operation", "method", "status"),
             buckets=_BUCKETS,
             registry=self.registry,
         )
@@ -47,7 +48,7 @@ class Metrics:
         if children is None:
             children = (
                 self._requests.labels(operation, method, str(status)),
-                self._latency.labels(operation, str(status)),
+                self._latency.labels(operation, method, str(status)),
             )
             self._children[key] = children
         children[0].inc()
@@ -62,29 +63,35 @@ class _DatabaseGauges(Collector):
         self._engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        per_service = GaugeMetricFamily(
+        try:
+            with self._engine.connect() as conn:
+                per_service = conn.execute(
+                    select(services.c.sid, func.count(bindings.c.id))
+                    .select_from(
+                        services.outerjoin(bindings, bindings.c.service_id == services.c.id)
+                    )
+                    .group_by(services.c.sid)
+                ).all()
+                depth = dict.fromkeys((PENDING, SENDING), 0)
+                depth.update(
+                    conn.execute(
+                        select(deliveries.c.status, func.count())
+                        .where(deliveries.c.status.in_((PENDING, SENDING)))
+                        .group_by(deliveries.c.status)
+                    ).all()
+                )
+        except SQLAlchemyError:
+            # The database is down: the per-process counters must still be readable.
+            return
+        bindings_gauge = GaugeMetricFamily(
             "notify_bindings", "Bindings per service", labels=("service_sid",)
         )
+        for service_sid, count in per_service:
+            bindings_gauge.add_metric((service_sid,), count)
         outbox = GaugeMetricFamily(
             "notify_outbox_depth", "Deliveries not yet final, by status", labels=("status",)
         )
-        with self._engine.connect() as conn:
-            counts = conn.execute(
-                select(services.c.sid, func.count(bindings.c.id))
-                .join(bindings, bindings.c.service_id == services.c.id)
-                .group_by(services.c.sid)
-            )
-            for service_sid, count in counts:
-                per_service.add_metric((service_sid,), count)
-            depth = dict.fromkeys((PENDING, SENDING), 0)
-            depth.update(
-                conn.execute(
-                    select(deliveries.c.status, func.count())
-                    .where(deliveries.c.status.in_((PENDING, SENDING)))
-                    .group_by(deliveries.c.status)
-                ).all()
-            )
-            for status, count in depth.items():
-                outbox.add_metric((status,), count)
-        yield per_service
+        for status, count in depth.items():
+            outbox.add_metric((status,), count)
+        yield bindings_gauge
         yield outbox
