@@ -86,13 +86,16 @@ def _walk(routes: Iterable) -> Iterator:
 
 
 def served_operations(app) -> list[Operation]:
-    from fastapi.routing import APIRoute
+    from starlette.routing import Route
 
     found = []
     for route in _walk(app.routes):
-        if isinstance(route, APIRoute):
+        if isinstance(route, Route):
             name = "".join(part.capitalize() for part in route.name.split("_"))
-            found.extend(Operation(name, method, route.path) for method in route.methods)
+            # Starlette adds HEAD to every GET route; Twilio's spec has none.
+            found.extend(
+                Operation(name, method, route.path) for method in route.methods if method != "HEAD"
+            )
     return sorted(found, key=lambda op: op.sort_key)
 
 

@@ -4,12 +4,14 @@ JSON access-log line and the request metrics."""
 
 import logging
 import time
-import uuid
+from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notify_server.errors import InternalError, twilio_error_response
 from notify_server.metrics import Metrics
+from notify_server.wire import new_sid
 
 access_log = logging.getLogger("notify_server.access")
 log = logging.getLogger("notify_server")
@@ -29,17 +31,26 @@ CORS_HEADERS = [
 
 
 class Edge:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, log_requests: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        log_requests: bool,
+        route_paths: dict[Callable[..., Any], str],
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        # Plain Starlette routes leave only their endpoint in the scope: endpoint -> template.
+        self.route_paths = route_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = "RQ" + uuid.uuid4().hex
+        request_id = new_sid("RQ")
         scope.setdefault("state", {})["request_id"] = request_id
         path: str = scope["path"]
         if path.endswith(".json"):
@@ -75,8 +86,9 @@ class Edge:
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
         # A 405 matched a path, not an operation.
-        route = scope.get("route") if status != 405 else None
-        operation = getattr(route, "name", None) or "unmatched"
+        endpoint = scope.get("endpoint") if status != 405 else None
+        operation = getattr(endpoint, "__name__", None) or "unmatched"
+        route_path = self.route_paths.get(endpoint) if endpoint is not None else None
         self.metrics.observe_request(operation, scope["method"], status, seconds)
         if self.log_requests:
             state = scope["state"]
@@ -85,7 +97,7 @@ class Edge:
                 extra={
                     "request_id": state["request_id"],
                     "method": scope["method"],
-                    "route": getattr(route, "path", None),
+                    "route": route_path,
                     "operation": operation,
                     "status": status,
                     "duration_ms": round(seconds * 1000, 3),

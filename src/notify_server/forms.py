@@ -2,6 +2,7 @@
 
 import re
 from datetime import date
+from functools import cache
 from types import NoneType
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
@@ -26,18 +27,17 @@ class Form(BaseModel):
     @classmethod
     def parse(cls: type[FormModel], form: FormData) -> FormModel:
         values: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            alias = field.alias or name
+        for alias, is_list, allows_none in _fields_of(cls):
             if alias not in form:
                 continue
-            if _is_list(field.annotation):
+            if is_list:
                 value: Any = form.all(alias)
             else:
                 value = form.first(alias)
                 # Twilio's forms treat an empty value as "not given" (on an update: cleared).
-                if value == "" and _allows_none(field.annotation):
+                if value == "" and allows_none:
                     value = None
-            if any("\x00" in v for v in (value if isinstance(value, list) else [value or ""])):
+            if any("\x00" in v for v in (value if is_list else [value or ""])):
                 # PostgreSQL cannot store NUL in text; no client means to send one.
                 raise InvalidParameter(f"Parameter '{alias}' is invalid: contains a NUL character")
             values[alias] = value
@@ -49,6 +49,15 @@ class Form(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise _to_twilio_error(exc) from None
+
+
+@cache
+def _fields_of(cls: type[Form]) -> tuple[tuple[str, bool, bool], ...]:
+    """(form name, repeatable, may be None) of each field, worked out once per form."""
+    return tuple(
+        (field.alias or name, _is_list(field.annotation), _allows_none(field.annotation))
+        for name, field in cls.model_fields.items()
+    )
 
 
 def _is_list(annotation: Any) -> bool:

@@ -8,7 +8,6 @@ run again, and copies nothing twice.
 
 import argparse
 import email.utils
-import hashlib
 import os
 import random
 import sys
@@ -44,6 +43,7 @@ from notify_server.bindings.repository import (
     binding_tags,
     bindings,
     digest,
+    lock_key,
 )
 from notify_server.bindings.schemas import BINDING_TYPES
 from notify_server.config import Settings
@@ -625,12 +625,6 @@ _DELETE_TAGS = delete(binding_tags).where(
 _LOCK_ALL = text(
     "SELECT pg_advisory_xact_lock(:namespace, key) FROM unnest(CAST(:keys AS integer[])) AS key"
 )
-
-
-def lock_key(service_id: int, value: str) -> int:
-    # The key bindings.repository.lock takes for (service_id, value): they must agree.
-    digest = hashlib.blake2b(f"{service_id}\x00{value}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def lock_all(

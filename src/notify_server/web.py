@@ -4,11 +4,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from starlette.requests import Request
 from starlette.responses import Response
 
 from notify_server.crypto import SecretBox
+from notify_server.db import GroupCommit, Result
 from notify_server.errors import BodyTooLarge, InvalidParameter, NotFound
 from notify_server.forms import ListQuery
 from notify_server.paging import Page
@@ -19,10 +20,13 @@ def engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def require_sid(value: str, prefix: str) -> None:
-    # A malformed SID is a path that does not exist: 404 even before authentication.
+def path_sid(request: Request, name: str, prefix: str) -> str:
+    """A SID from the path. A malformed one is a path that does not exist: 404 even before
+    authentication, as Twilio answered."""
+    value: str = request.path_params[name]
     if not is_sid(value, prefix):
         raise NotFound()
+    return value
 
 
 def authenticate(request: Request) -> str:
@@ -73,8 +77,13 @@ def base_url(request: Request) -> str:
     configured: str | None = request.app.state.settings.public_url
     if configured:
         return configured.rstrip("/")
-    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
-    return f"{request.url.scheme}://{host}"
+    # From the scope, not request.url: building the whole URL costs more than this request's
+    # database work.
+    host = request.headers.get("host")
+    if host is None:
+        server_host, server_port = request.scope.get("server") or ("localhost", 80)
+        host = f"{server_host}:{server_port}"
+    return f"{request.scope['scheme']}://{host}"
 
 
 def json_response(body: dict, status: int = 200) -> Response:
@@ -83,6 +92,12 @@ def json_response(body: dict, status: int = 200) -> Response:
 
 def no_content() -> Response:
     return Response(status_code=204)
+
+
+async def write(request: Request, operation: Callable[[Connection], Result]) -> Result:
+    """Run `operation` in a write transaction, committed together with its neighbours'."""
+    group_commit: GroupCommit = request.app.state.group_commit
+    return await group_commit.run(operation)
 
 
 def secret_box(request: Request) -> SecretBox:

@@ -1,7 +1,7 @@
 """Twilio's wire formats: SIDs, dates, form bodies, paging envelopes."""
 
+import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, urlencode
@@ -10,8 +10,8 @@ SID_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def new_sid(prefix: str) -> str:
-    # Twilio SIDs are a two-letter prefix and 32 lower-case hex digits.
-    return prefix + uuid.uuid4().hex
+    # Twilio SIDs are a two-letter prefix and 32 lower-case hex digits (128 random bits).
+    return prefix + os.urandom(16).hex()
 
 
 def is_sid(value: str | None, prefix: str) -> bool:
@@ -34,8 +34,8 @@ def utcnow_precise() -> datetime:
 
 
 def format_date(value: datetime) -> str:
-    # twilio-python parses only this form; anything else stays a raw string.
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # twilio-python parses only YYYY-MM-DDTHH:MM:SSZ; anything else stays a raw string.
+    return value.isoformat(timespec="seconds") + "Z"
 
 
 class FormData:

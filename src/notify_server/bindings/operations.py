@@ -12,17 +12,11 @@ from notify_server.bindings.schemas import BINDING_TYPES, BindingForm, BindingLi
 from notify_server.credentials import repository as credentials
 from notify_server.errors import InvalidParameter, LimitExceeded, NotFound
 from notify_server.paging import Page, fetch_page
+from notify_server.services import repository as services
 from notify_server.services.operations import get_service
 from notify_server.wire import new_sid, utcnow
 
 MAX_BINDINGS_PER_IDENTITY = 20
-# Types whose protocol version defaults to the Service's default_<type>_... field.
-_SERVICE_DEFAULT_VERSION = {
-    "apn": "default_apn_notification_protocol_version",
-    "gcm": "default_gcm_notification_protocol_version",
-    "fcm": "default_fcm_notification_protocol_version",
-    "alexa": "default_alexa_notification_protocol_version",
-}
 # What Twilio's own samples show for channels whose payload format is fixed.
 FIXED_FORMAT_VERSION = "default"
 
@@ -69,12 +63,13 @@ def create_binding(
     it keeps its sid and date_created. At most 20 bindings per identity, counted under a
     lock so concurrent requests and several processes cannot overshoot.
     """
-    service = get_service(conn, account_sid, service_sid)
+    service = services.binding_defaults(conn, account_sid, service_sid)
+    if service is None:
+        raise NotFound()
     if form.credential_sid and not credentials.exists(conn, account_sid, form.credential_sid):
         raise InvalidParameter(
             f"Parameter 'CredentialSid' is invalid: Credential {form.credential_sid} was not found"
         )
-    default_column = _SERVICE_DEFAULT_VERSION.get(form.binding_type)
     now = utcnow()
     address_key = repository.digest(form.identity, form.binding_type, form.address)
     endpoint_key = _endpoint_key(form.endpoint)
@@ -87,19 +82,20 @@ def create_binding(
         "endpoint_key": endpoint_key,
         "credential_sid": form.credential_sid,
         "notification_protocol_version": form.notification_protocol_version
-        or (getattr(service, default_column) if default_column else FIXED_FORMAT_VERSION),
+        or service.protocol_versions.get(form.binding_type, FIXED_FORMAT_VERSION),
         "tags": form.tags,
         "date_updated": now,
     }
 
     # Lock order is always endpoint, then identity: no two requests wait on each other.
     if endpoint_key is not None:
-        repository.lock(conn, LOCK_ENDPOINT, service.id, endpoint_key)
-    repository.lock(conn, LOCK_IDENTITY, service.id, form.identity)
+        repository.lock(conn, LOCK_ENDPOINT, service.service_id, endpoint_key)
+    repository.lock(conn, LOCK_IDENTITY, service.service_id, form.identity)
 
-    same_address = repository.by_address_key(conn, service.id, address_key)
+    probe = repository.probe(conn, service.service_id, form.identity, address_key)
+    same_address = probe.same_address
     same_endpoint = (
-        repository.by_endpoint_key(conn, service.id, endpoint_key) if endpoint_key else None
+        repository.by_endpoint_key(conn, service.service_id, endpoint_key) if endpoint_key else None
     )
     existing = same_endpoint or same_address
     if existing is not None and form.endpoint is None:
@@ -111,15 +107,15 @@ def create_binding(
             # The endpoint's binding takes over this identity+type+address: one device, one binding.
             repository.delete_by_id(conn, same_address.id)
         elif existing.identity != form.identity:
-            _check_identity_room(conn, service.id, form.identity)
-        repository.update_binding(conn, existing.id, service.id, values)
+            _check_identity_room(form.identity, probe.identity_bindings)
+        repository.update_binding(conn, existing.id, service.service_id, values)
         return _new_record(existing.sid, account_sid, service_sid, existing.date_created, values)
 
-    _check_identity_room(conn, service.id, form.identity)
+    _check_identity_room(form.identity, probe.identity_bindings)
     sid = new_sid("BS")
     repository.insert_binding(
         conn,
-        service.id,
+        service.service_id,
         {**values, "sid": sid, "account_sid": account_sid, "date_created": now},
     )
     return _new_record(sid, account_sid, service_sid, now, values)
@@ -148,8 +144,8 @@ def _endpoint_key(endpoint: str | None) -> str | None:
     return repository.digest(endpoint) if endpoint is not None else None
 
 
-def _check_identity_room(conn: Connection, service_id: int, identity: str) -> None:
-    if repository.count_for_identity(conn, service_id, identity) >= MAX_BINDINGS_PER_IDENTITY:
+def _check_identity_room(identity: str, bindings_so_far: int) -> None:
+    if bindings_so_far >= MAX_BINDINGS_PER_IDENTITY:
         raise LimitExceeded(
             f"Identity '{identity}' already has the maximum of {MAX_BINDINGS_PER_IDENTITY}"
             " Bindings in this Service"
@@ -157,8 +153,7 @@ def _check_identity_room(conn: Connection, service_id: int, identity: str) -> No
 
 
 def fetch_binding(conn: Connection, account_sid: str, service_sid: str, sid: str) -> BindingRecord:
-    service = get_service(conn, account_sid, service_sid)
-    stored = repository.by_sid(conn, service.id, sid)
+    stored = repository.fetch(conn, account_sid, service_sid, sid)
     if stored is None:
         raise NotFound()
     return _record(stored, service_sid)

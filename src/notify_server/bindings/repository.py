@@ -4,13 +4,12 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import cast
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Row,
     Table,
     and_,
     bindparam,
@@ -18,14 +17,16 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
     update,
 )
 
 from notify_server.bindings.models import Binding, BindingTag
+from notify_server.db import Prepared, stored_datetime
+from notify_server.services.models import Service
 
 bindings = cast(Table, Binding.__table__)
 binding_tags = cast(Table, BindingTag.__table__)
+services = cast(Table, Service.__table__)
 
 _COLUMNS = (
     bindings.c.id,
@@ -43,39 +44,74 @@ _COLUMNS = (
 )
 _IN_SERVICE = bindings.c.service_id == bindparam("service_id")
 
-# Built once: rebuilding a statement per call costs more than running it.
-_BY_SID = select(*_COLUMNS).where(_IN_SERVICE, bindings.c.sid == bindparam("sid"))
-_BY_ADDRESS_KEY = select(*_COLUMNS).where(
-    _IN_SERVICE, bindings.c.address_key == bindparam("address_key")
-)
-_BY_ENDPOINT_KEY = select(*_COLUMNS).where(
-    _IN_SERVICE, bindings.c.endpoint_key == bindparam("endpoint_key")
-)
-_COUNT_FOR_IDENTITY = select(func.count()).where(
-    _IN_SERVICE, bindings.c.identity == bindparam("identity")
-)
-_INSERT = insert(bindings).returning(bindings.c.id)
-_UPDATE = (
-    update(bindings)
-    .where(bindings.c.id == bindparam("binding_id"))
-    .values(
-        identity=bindparam("identity"),
-        binding_type=bindparam("binding_type"),
-        address=bindparam("address"),
-        address_key=bindparam("address_key"),
-        endpoint=bindparam("endpoint"),
-        endpoint_key=bindparam("endpoint_key"),
-        credential_sid=bindparam("credential_sid"),
-        notification_protocol_version=bindparam("notification_protocol_version"),
-        tags=bindparam("tags"),
-        date_updated=bindparam("date_updated"),
+# The hot paths' statements, compiled once and run on the driver (see db.Prepared).
+_FETCH = Prepared(
+    select(*_COLUMNS)
+    .join(services, services.c.id == bindings.c.service_id)
+    .where(
+        services.c.account_sid == bindparam("account_sid"),
+        services.c.sid == bindparam("service_sid"),
+        bindings.c.sid == bindparam("sid"),
     )
 )
-_INSERT_TAG = insert(binding_tags)
-_DELETE_TAGS = delete(binding_tags).where(binding_tags.c.binding_id == bindparam("binding_id"))
-_DELETE_BY_ID = delete(bindings).where(bindings.c.id == bindparam("binding_id"))
+_BY_ENDPOINT_KEY = Prepared(
+    select(*_COLUMNS).where(_IN_SERVICE, bindings.c.endpoint_key == bindparam("endpoint_key"))
+)
+# What a create needs to know first, in one round trip: the identity's bindings so far, and
+# the binding (if any) with this identity + type + address.
+_PROBE = Prepared(
+    select(
+        select(func.count())
+        .where(_IN_SERVICE, bindings.c.identity == bindparam("identity"))
+        .scalar_subquery(),
+        select(bindings.c.id)
+        .where(_IN_SERVICE, bindings.c.address_key == bindparam("address_key"))
+        .scalar_subquery(),
+    )
+)
+_BY_ID = Prepared(select(*_COLUMNS).where(bindings.c.id == bindparam("binding_id")))
+_WRITTEN = (
+    "identity",
+    "binding_type",
+    "address",
+    "address_key",
+    "endpoint",
+    "endpoint_key",
+    "credential_sid",
+    "notification_protocol_version",
+    "tags",
+    "date_updated",
+)
+_INSERT = Prepared(
+    insert(bindings)
+    .values(
+        {
+            name: bindparam(name)
+            for name in (*_WRITTEN, "sid", "account_sid", "service_id", "date_created")
+        }
+    )
+    .returning(bindings.c.id)
+)
+_UPDATE = Prepared(
+    update(bindings)
+    .where(bindings.c.id == bindparam("binding_id"))
+    .values({name: bindparam(name) for name in _WRITTEN})
+)
+_INSERT_TAG = Prepared(
+    insert(binding_tags).values(
+        binding_id=bindparam("binding_id"),
+        service_id=bindparam("service_id"),
+        tag=bindparam("tag"),
+    )
+)
+_DELETE_TAGS = Prepared(
+    delete(binding_tags).where(binding_tags.c.binding_id == bindparam("binding_id"))
+)
+_DELETE_BY_ID = Prepared(delete(bindings).where(bindings.c.id == bindparam("binding_id")))
 _DELETE_BY_SID = delete(bindings).where(_IN_SERVICE, bindings.c.sid == bindparam("sid"))
-_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:namespace, :key)")
+_ADVISORY_LOCK = Prepared(
+    select(func.pg_advisory_xact_lock(bindparam("namespace"), bindparam("key")))
+)
 
 LOCK_ENDPOINT, LOCK_IDENTITY = 1, 2
 
@@ -96,16 +132,34 @@ class StoredBinding:
     date_updated: datetime
 
 
-def _stored(row: Row | None) -> StoredBinding | None:
+def _stored(row: Sequence[Any] | None) -> StoredBinding | None:
+    """A row of _COLUMNS, from SQLAlchemy or straight from the driver."""
     if row is None:
         return None
-    values = row._asdict()
-    values["tags"] = orjson.loads(values["tags"])
-    return StoredBinding(**values)
+    return StoredBinding(
+        id=row[0],
+        sid=row[1],
+        account_sid=row[2],
+        identity=row[3],
+        binding_type=row[4],
+        address=row[5],
+        endpoint=row[6],
+        credential_sid=row[7],
+        notification_protocol_version=row[8],
+        tags=orjson.loads(row[9]),
+        date_created=stored_datetime(row[10]),
+        date_updated=stored_datetime(row[11]),
+    )
 
 
 def digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def lock_key(service_id: int, value: str) -> int:
+    """The advisory-lock key of one identity (or endpoint) of a service."""
+    hashed = hashlib.blake2b(f"{service_id}\x00{value}".encode(), digest_size=4).digest()
+    return int.from_bytes(hashed, "big", signed=True)
 
 
 def lock(conn: Connection, namespace: int, service_id: int, value: str) -> None:
@@ -115,55 +169,57 @@ def lock(conn: Connection, namespace: int, service_id: int, value: str) -> None:
     a transaction-scoped advisory lock; a hash collision only serialises a little more.
     """
     if conn.dialect.name == "postgresql":
-        key = int.from_bytes(
-            hashlib.blake2b(f"{service_id}\x00{value}".encode(), digest_size=4).digest(),
-            "big",
-            signed=True,
-        )
-        conn.execute(_ADVISORY_LOCK, {"namespace": namespace, "key": key})
+        _ADVISORY_LOCK.execute(conn, {"namespace": namespace, "key": lock_key(service_id, value)})
 
 
-def by_sid(conn: Connection, service_id: int, sid: str) -> StoredBinding | None:
-    return _stored(conn.execute(_BY_SID, {"service_id": service_id, "sid": sid}).first())
+def fetch(conn: Connection, account_sid: str, service_sid: str, sid: str) -> StoredBinding | None:
+    params = {"account_sid": account_sid, "service_sid": service_sid, "sid": sid}
+    return _stored(_FETCH.one(conn, params))
 
 
-def by_address_key(conn: Connection, service_id: int, address_key: str) -> StoredBinding | None:
-    row = conn.execute(_BY_ADDRESS_KEY, {"service_id": service_id, "address_key": address_key})
-    return _stored(row.first())
+@dataclass(frozen=True)
+class Probe:
+    identity_bindings: int
+    same_address: StoredBinding | None
+
+
+def probe(conn: Connection, service_id: int, identity: str, address_key: str) -> Probe:
+    """How many bindings the identity has, and the binding with this address key."""
+    params = {"service_id": service_id, "identity": identity, "address_key": address_key}
+    count, same_address_id = _PROBE.one(conn, params)
+    same_address = None
+    if same_address_id is not None:
+        same_address = _stored(_BY_ID.one(conn, {"binding_id": same_address_id}))
+    return Probe(count, same_address)
 
 
 def by_endpoint_key(conn: Connection, service_id: int, endpoint_key: str) -> StoredBinding | None:
-    row = conn.execute(_BY_ENDPOINT_KEY, {"service_id": service_id, "endpoint_key": endpoint_key})
-    return _stored(row.first())
-
-
-def count_for_identity(conn: Connection, service_id: int, identity: str) -> int:
-    params = {"service_id": service_id, "identity": identity}
-    return conn.execute(_COUNT_FOR_IDENTITY, params).scalar_one()
+    params = {"service_id": service_id, "endpoint_key": endpoint_key}
+    return _stored(_BY_ENDPOINT_KEY.one(conn, params))
 
 
 def insert_binding(conn: Connection, service_id: int, values: dict) -> int:
     params = {**values, "service_id": service_id, "tags": orjson.dumps(values["tags"]).decode()}
-    binding_id: int = conn.execute(_INSERT, params).scalar_one()
+    binding_id: int = _INSERT.one(conn, params)[0]
     _insert_tags(conn, binding_id, service_id, values["tags"])
     return binding_id
 
 
 def update_binding(conn: Connection, binding_id: int, service_id: int, values: dict) -> None:
     params = {**values, "binding_id": binding_id, "tags": orjson.dumps(values["tags"]).decode()}
-    conn.execute(_UPDATE, params)
-    conn.execute(_DELETE_TAGS, {"binding_id": binding_id})
+    _UPDATE.execute(conn, params)
+    _DELETE_TAGS.execute(conn, {"binding_id": binding_id})
     _insert_tags(conn, binding_id, service_id, values["tags"])
 
 
 def _insert_tags(conn: Connection, binding_id: int, service_id: int, tags: Sequence[str]) -> None:
     if tags:
         rows = [{"binding_id": binding_id, "service_id": service_id, "tag": t} for t in tags]
-        conn.execute(_INSERT_TAG, rows)
+        _INSERT_TAG.execute_many(conn, rows)
 
 
 def delete_by_id(conn: Connection, binding_id: int) -> None:
-    conn.execute(_DELETE_BY_ID, {"binding_id": binding_id})
+    _DELETE_BY_ID.execute(conn, {"binding_id": binding_id})
 
 
 def delete_by_sid(conn: Connection, service_id: int, sid: str) -> bool:

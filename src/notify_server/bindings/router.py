@@ -1,33 +1,35 @@
-"""HTTP only: check the path, authenticate, parse, one transaction, render."""
+"""HTTP only: check the path, authenticate, parse, one transaction (writes are committed in
+groups: db.GroupCommit), render.
 
-from fastapi import APIRouter
+Plain Starlette routes: FastAPI's parameter machinery cost more per request than our whole
+database work (bench/README.md), and these handlers read the request themselves anyway.
+"""
+
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from notify_server import web
 from notify_server.bindings import operations
-from notify_server.bindings.schemas import BindingForm, BindingListQuery, BindingResource
-from notify_server.db import transaction
-
-router = APIRouter()
+from notify_server.bindings.schemas import BindingForm, BindingListQuery, binding_resource
+from notify_server.db import reading
 
 
-@router.post("/v1/Services/{service_sid}/Bindings")
-async def create_binding(request: Request, service_sid: str) -> Response:
-    web.require_sid(service_sid, "IS")
+async def create_binding(request: Request) -> Response:
+    service_sid = web.path_sid(request, "service_sid", "IS")
     account_sid = web.authenticate(request)
     form = BindingForm.parse(await web.read_form(request))
-    with transaction(web.engine(request), write=True) as conn:
-        binding = operations.create_binding(conn, account_sid, service_sid, form)
-    return web.json_response(BindingResource.render(binding, web.base_url(request)), 201)
+    binding = await web.write(
+        request, lambda conn: operations.create_binding(conn, account_sid, service_sid, form)
+    )
+    return web.json_response(binding_resource(binding, web.base_url(request)), 201)
 
 
-@router.get("/v1/Services/{service_sid}/Bindings")
-async def list_bindings(request: Request, service_sid: str) -> Response:
-    web.require_sid(service_sid, "IS")
+async def list_bindings(request: Request) -> Response:
+    service_sid = web.path_sid(request, "service_sid", "IS")
     account_sid = web.authenticate(request)
     query = BindingListQuery.parse(web.query(request))
-    with transaction(web.engine(request), write=False) as conn:
+    with reading(web.engine(request)) as conn:
         page = operations.list_bindings(conn, account_sid, service_sid, query)
     return web.page_response(
         request,
@@ -35,25 +37,32 @@ async def list_bindings(request: Request, service_sid: str) -> Response:
         path=f"/v1/Services/{service_sid}/Bindings",
         query=query,
         page=page,
-        render=BindingResource.render,
+        render=binding_resource,
     )
 
 
-@router.get("/v1/Services/{service_sid}/Bindings/{sid}")
-async def fetch_binding(request: Request, service_sid: str, sid: str) -> Response:
-    web.require_sid(service_sid, "IS")
-    web.require_sid(sid, "BS")
+async def fetch_binding(request: Request) -> Response:
+    service_sid = web.path_sid(request, "service_sid", "IS")
+    sid = web.path_sid(request, "sid", "BS")
     account_sid = web.authenticate(request)
-    with transaction(web.engine(request), write=False) as conn:
+    with reading(web.engine(request)) as conn:
         binding = operations.fetch_binding(conn, account_sid, service_sid, sid)
-    return web.json_response(BindingResource.render(binding, web.base_url(request)))
+    return web.json_response(binding_resource(binding, web.base_url(request)))
 
 
-@router.delete("/v1/Services/{service_sid}/Bindings/{sid}")
-async def delete_binding(request: Request, service_sid: str, sid: str) -> Response:
-    web.require_sid(service_sid, "IS")
-    web.require_sid(sid, "BS")
+async def delete_binding(request: Request) -> Response:
+    service_sid = web.path_sid(request, "service_sid", "IS")
+    sid = web.path_sid(request, "sid", "BS")
     account_sid = web.authenticate(request)
-    with transaction(web.engine(request), write=True) as conn:
-        operations.delete_binding(conn, account_sid, service_sid, sid)
+    await web.write(
+        request, lambda conn: operations.delete_binding(conn, account_sid, service_sid, sid)
+    )
     return web.no_content()
+
+
+routes = [
+    Route("/v1/Services/{service_sid}/Bindings", create_binding, methods=["POST"]),
+    Route("/v1/Services/{service_sid}/Bindings", list_bindings, methods=["GET"]),
+    Route("/v1/Services/{service_sid}/Bindings/{sid}", fetch_binding, methods=["GET"]),
+    Route("/v1/Services/{service_sid}/Bindings/{sid}", delete_binding, methods=["DELETE"]),
+]

@@ -1,8 +1,8 @@
 """HTTP only: check the path, authenticate, parse, one transaction, render."""
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from notify_server import web
 from notify_server.credentials import operations
@@ -14,10 +14,7 @@ from notify_server.credentials.schemas import (
 from notify_server.db import transaction
 from notify_server.forms import ListQuery
 
-router = APIRouter()
 
-
-@router.post("/v1/Credentials")
 async def create_credential(request: Request) -> Response:
     account_sid = web.authenticate(request)
     form = CredentialForm.parse(await web.read_form(request))
@@ -26,7 +23,6 @@ async def create_credential(request: Request) -> Response:
     return web.json_response(CredentialResource.render(credential, web.base_url(request)), 201)
 
 
-@router.get("/v1/Credentials")
 async def list_credentials(request: Request) -> Response:
     account_sid = web.authenticate(request)
     query = ListQuery.parse(web.query(request))
@@ -42,18 +38,16 @@ async def list_credentials(request: Request) -> Response:
     )
 
 
-@router.get("/v1/Credentials/{sid}")
-async def fetch_credential(request: Request, sid: str) -> Response:
-    web.require_sid(sid, "CR")
+async def fetch_credential(request: Request) -> Response:
+    sid = web.path_sid(request, "sid", "CR")
     account_sid = web.authenticate(request)
     with transaction(web.engine(request), write=False) as conn:
         credential = operations.get_credential(conn, account_sid, sid)
     return web.json_response(CredentialResource.render(credential, web.base_url(request)))
 
 
-@router.post("/v1/Credentials/{sid}")
-async def update_credential(request: Request, sid: str) -> Response:
-    web.require_sid(sid, "CR")
+async def update_credential(request: Request) -> Response:
+    sid = web.path_sid(request, "sid", "CR")
     account_sid = web.authenticate(request)
     form = CredentialUpdateForm.parse(await web.read_form(request))
     with transaction(web.engine(request), write=True) as conn:
@@ -63,10 +57,18 @@ async def update_credential(request: Request, sid: str) -> Response:
     return web.json_response(CredentialResource.render(credential, web.base_url(request)))
 
 
-@router.delete("/v1/Credentials/{sid}")
-async def delete_credential(request: Request, sid: str) -> Response:
-    web.require_sid(sid, "CR")
+async def delete_credential(request: Request) -> Response:
+    sid = web.path_sid(request, "sid", "CR")
     account_sid = web.authenticate(request)
     with transaction(web.engine(request), write=True) as conn:
         operations.delete_credential(conn, account_sid, sid)
     return web.no_content()
+
+
+routes = [
+    Route("/v1/Credentials", create_credential, methods=["POST"]),
+    Route("/v1/Credentials", list_credentials, methods=["GET"]),
+    Route("/v1/Credentials/{sid}", fetch_credential, methods=["GET"]),
+    Route("/v1/Credentials/{sid}", update_credential, methods=["POST"]),
+    Route("/v1/Credentials/{sid}", delete_credential, methods=["DELETE"]),
+]

@@ -1,8 +1,8 @@
 """HTTP only: check the path, authenticate, parse, one transaction, render."""
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from notify_server import web
 from notify_server.db import transaction
@@ -14,12 +14,9 @@ from notify_server.notifications.schemas import (
     NotificationResource,
 )
 
-router = APIRouter()
 
-
-@router.post("/v1/Services/{service_sid}/Notifications")
-async def create_notification(request: Request, service_sid: str) -> Response:
-    web.require_sid(service_sid, "IS")
+async def create_notification(request: Request) -> Response:
+    service_sid = web.path_sid(request, "service_sid", "IS")
     account_sid = web.authenticate(request)
     form = NotificationForm.parse(await web.read_form(request))
     with transaction(web.engine(request), write=True) as conn:
@@ -30,10 +27,9 @@ async def create_notification(request: Request, service_sid: str) -> Response:
 
 
 # Our extension (not in Twilio's API): what happened to each target.
-@router.get("/v1/Services/{service_sid}/Notifications/{sid}/Deliveries")
-async def list_deliveries(request: Request, service_sid: str, sid: str) -> Response:
-    web.require_sid(service_sid, "IS")
-    web.require_sid(sid, "NT")
+async def list_deliveries(request: Request) -> Response:
+    service_sid = web.path_sid(request, "service_sid", "IS")
+    sid = web.path_sid(request, "sid", "NT")
     account_sid = web.authenticate(request)
     query = ListQuery.parse(web.query(request))
     with transaction(web.engine(request), write=False) as conn:
@@ -46,3 +42,13 @@ async def list_deliveries(request: Request, service_sid: str, sid: str) -> Respo
         page=page,
         render=DeliveryResource.render,
     )
+
+
+routes = [
+    Route("/v1/Services/{service_sid}/Notifications", create_notification, methods=["POST"]),
+    Route(
+        "/v1/Services/{service_sid}/Notifications/{sid}/Deliveries",
+        list_deliveries,
+        methods=["GET"],
+    ),
+]

@@ -1,10 +1,12 @@
 """Every SQL statement on services. Flushes, never commits."""
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, select, update
 
+from notify_server.db import Prepared
 from notify_server.services.models import Service
 
 services = cast(Table, Service.__table__)
@@ -13,10 +15,33 @@ _OWNED = (services.c.account_sid == bindparam("account_sid")) & (services.c.sid 
 _BY_SID = select(services).where(_OWNED)
 _DELETE = delete(services).where(_OWNED)
 CREDENTIAL_COLUMNS = ("apn_credential_sid", "gcm_credential_sid", "fcm_credential_sid")
+# Binding types whose protocol version defaults to the service's default_<type>_... column.
+DEFAULT_VERSION_TYPES = ("apn", "gcm", "fcm", "alexa")
+_FOR_BINDINGS = Prepared(
+    select(
+        services.c.id,
+        *(services.c[f"default_{t}_notification_protocol_version"] for t in DEFAULT_VERSION_TYPES),
+    ).where(_OWNED)
+)
+
+
+@dataclass(frozen=True)
+class BindingDefaults:
+    """What creating a binding needs of its service."""
+
+    service_id: int
+    protocol_versions: dict[str, str]
 
 
 def by_sid(conn: Connection, account_sid: str, sid: str) -> Row | None:
     return conn.execute(_BY_SID, {"account_sid": account_sid, "sid": sid}).first()
+
+
+def binding_defaults(conn: Connection, account_sid: str, sid: str) -> BindingDefaults | None:
+    row = _FOR_BINDINGS.one(conn, {"account_sid": account_sid, "sid": sid})
+    if row is None:
+        return None
+    return BindingDefaults(row[0], dict(zip(DEFAULT_VERSION_TYPES, row[1:], strict=True)))
 
 
 def insert_service(conn: Connection, values: dict) -> None:

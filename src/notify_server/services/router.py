@@ -1,18 +1,15 @@
 """HTTP only: check the path, authenticate, parse, one transaction, render."""
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from notify_server import web
 from notify_server.db import transaction
 from notify_server.services import operations
 from notify_server.services.schemas import ServiceForm, ServiceListQuery, ServiceResource
 
-router = APIRouter()
 
-
-@router.post("/v1/Services")
 async def create_service(request: Request) -> Response:
     account_sid = web.authenticate(request)
     form = ServiceForm.parse(await web.read_form(request))
@@ -21,7 +18,6 @@ async def create_service(request: Request) -> Response:
     return web.json_response(ServiceResource.render(service, web.base_url(request)), 201)
 
 
-@router.get("/v1/Services")
 async def list_services(request: Request) -> Response:
     account_sid = web.authenticate(request)
     query = ServiceListQuery.parse(web.query(request))
@@ -37,18 +33,16 @@ async def list_services(request: Request) -> Response:
     )
 
 
-@router.get("/v1/Services/{sid}")
-async def fetch_service(request: Request, sid: str) -> Response:
-    web.require_sid(sid, "IS")
+async def fetch_service(request: Request) -> Response:
+    sid = web.path_sid(request, "sid", "IS")
     account_sid = web.authenticate(request)
     with transaction(web.engine(request), write=False) as conn:
         service = operations.get_service(conn, account_sid, sid)
     return web.json_response(ServiceResource.render(service, web.base_url(request)))
 
 
-@router.post("/v1/Services/{sid}")
-async def update_service(request: Request, sid: str) -> Response:
-    web.require_sid(sid, "IS")
+async def update_service(request: Request) -> Response:
+    sid = web.path_sid(request, "sid", "IS")
     account_sid = web.authenticate(request)
     form = ServiceForm.parse(await web.read_form(request))
     with transaction(web.engine(request), write=True) as conn:
@@ -56,10 +50,18 @@ async def update_service(request: Request, sid: str) -> Response:
     return web.json_response(ServiceResource.render(service, web.base_url(request)))
 
 
-@router.delete("/v1/Services/{sid}")
-async def delete_service(request: Request, sid: str) -> Response:
-    web.require_sid(sid, "IS")
+async def delete_service(request: Request) -> Response:
+    sid = web.path_sid(request, "sid", "IS")
     account_sid = web.authenticate(request)
     with transaction(web.engine(request), write=True) as conn:
         operations.delete_service(conn, account_sid, sid)
     return web.no_content()
+
+
+routes = [
+    Route("/v1/Services", create_service, methods=["POST"]),
+    Route("/v1/Services", list_services, methods=["GET"]),
+    Route("/v1/Services/{sid}", fetch_service, methods=["GET"]),
+    Route("/v1/Services/{sid}", update_service, methods=["POST"]),
+    Route("/v1/Services/{sid}", delete_service, methods=["DELETE"]),
+]
