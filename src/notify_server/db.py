@@ -111,10 +111,9 @@ Result = TypeVar("Result")
 
 
 class GroupCommit:
-    """Writes that arrive together share one transaction and one commit.
+    """Writes that arrive together share one transaction and one commit (on SQLite).
 
-    A commit is the costly part of a small write (its WAL pages on SQLite, an fsync on
-    PostgreSQL). Each operation submitted during one turn of the event loop runs in the same
+    A commit is the costly part of a small write (its WAL pages and their writeback). Each operation submitted during one turn of the event loop runs in the same
     transaction under a SAVEPOINT of its own, in arrival order: one that fails is rolled back
     alone, the others still commit. Every caller is answered only after the commit, so a 201
     still means stored. Operations see each other's writes as if they had run one by one.
@@ -123,8 +122,15 @@ class GroupCommit:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._pending: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        # Only on SQLite, whose write transaction locks the whole database: there a batch can
+        # never wait on a lock another batch holds. On PostgreSQL each operation takes advisory
+        # locks, and two batches taking them in different orders would deadlock.
+        self._batching = engine.dialect.name == "sqlite"
 
     async def run(self, operation: Callable[[Connection], Result]) -> Result:
+        if not self._batching:
+            with transaction(self._engine, write=True) as connection:
+                return operation(connection)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         if not self._pending:
