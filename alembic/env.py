@@ -1,6 +1,6 @@
+from alembic import context
 from sqlalchemy import text
 
-from alembic import context
 from notify_server.config import get_settings
 from notify_server.db import make_engine
 from notify_server.models import Base

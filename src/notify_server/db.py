@@ -113,10 +113,11 @@ Result = TypeVar("Result")
 class GroupCommit:
     """Writes that arrive together share one transaction and one commit (on SQLite).
 
-    A commit is the costly part of a small write (its WAL pages and their writeback). Each operation submitted during one turn of the event loop runs in the same
-    transaction under a SAVEPOINT of its own, in arrival order: one that fails is rolled back
-    alone, the others still commit. Every caller is answered only after the commit, so a 201
-    still means stored. Operations see each other's writes as if they had run one by one.
+    A commit is the costly part of a small write (its WAL pages and their writeback). Each
+    operation submitted during one turn of the event loop runs in the same transaction under a
+    SAVEPOINT of its own, in arrival order: one that fails is rolled back alone, the others
+    still commit. Every caller is answered only after the commit, so a 201 still means stored.
+    Operations see each other's writes as if they had run one by one.
     """
 
     def __init__(self, engine: Engine) -> None:

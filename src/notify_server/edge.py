@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notify_server.errors import InternalError, twilio_error_response
@@ -75,6 +76,9 @@ class Edge:
                 await send({"type": "http.response.body", "body": b""})
             else:
                 await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            # The client went away mid-request: nobody to answer, nothing to fix.
+            log.info("client disconnected during %s %s", scope["method"], scope["path"])
         except Exception:
             # Anything no handler mapped: logged here, answered as Twilio's 500 (never a
             # stack trace), with the same headers as every other response.

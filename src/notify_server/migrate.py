@@ -3,9 +3,8 @@
 import importlib.util
 from pathlib import Path
 
-from alembic.config import Config
-
 from alembic import command
+from alembic.config import Config
 
 
 def script_location() -> str:

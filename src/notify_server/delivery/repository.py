@@ -113,11 +113,15 @@ def renew_leases(conn: Connection, delivery_ids: Sequence[int], lease_until: dat
 
 _CREDENTIAL = select(
     credentials.c.sid, credentials.c.type, credentials.c.sandbox, credentials.c.encrypted_secrets
-).where(credentials.c.sid == bindparam("sid"))
+).where(
+    credentials.c.account_sid == bindparam("account_sid"),
+    credentials.c.sid == bindparam("sid"),
+)
 
 
-def credential(conn: Connection, sid: str) -> Row | None:
-    return conn.execute(_CREDENTIAL, {"sid": sid}).first()
+def credential(conn: Connection, account_sid: str, sid: str) -> Row | None:
+    # The account too: a notification may only ever be sent with its own account's secrets.
+    return conn.execute(_CREDENTIAL, {"account_sid": account_sid, "sid": sid}).first()
 
 
 _MARK_SENT = (

@@ -55,7 +55,7 @@ class DeliveryWorker:
         # delivery id -> the task sending it; their leases are renewed while they run.
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._leases_renewed_at = 0.0
-        self._credentials: dict[str, tuple[CredentialSecrets | None, float]] = {}
+        self._credentials: dict[tuple[str, str], tuple[CredentialSecrets | None, float]] = {}
 
     def wake(self) -> None:
         """New rows are due: skip the rest of the poll interval."""
@@ -184,20 +184,27 @@ class DeliveryWorker:
             service_sid=row.service_sid,
             messaging_service_sid=row.messaging_service_sid,
             content=orjson.loads(row.content),
-            credential=self._credential(row.credential_sid) if row.credential_sid else None,
+            credential=(
+                self._credential(row.account_sid, row.credential_sid)
+                if row.credential_sid
+                else None
+            ),
         )
 
-    def _credential(self, sid: str) -> CredentialSecrets | None:
-        cached = self._credentials.get(sid)
+    def _credential(self, account_sid: str, sid: str) -> CredentialSecrets | None:
+        cached = self._credentials.get((account_sid, sid))
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         with self._engine.connect() as conn:
-            stored = repository.credential(conn, sid)
+            stored = repository.credential(conn, account_sid, sid)
         credential = None
         if stored is not None:
             secrets = self._box.open(stored.encrypted_secrets) if stored.encrypted_secrets else {}
             credential = CredentialSecrets(stored.sid, stored.type, bool(stored.sandbox), secrets)
-        self._credentials[sid] = (credential, time.monotonic() + _CREDENTIAL_CACHE_SECONDS)
+        self._credentials[(account_sid, sid)] = (
+            credential,
+            time.monotonic() + _CREDENTIAL_CACHE_SECONDS,
+        )
         return credential
 
     def _record(self, row: Row, result: Result) -> None:
