@@ -7,11 +7,13 @@ from types import NoneType
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 from pydantic import (
+    AnyHttpUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
 )
 
@@ -100,7 +102,21 @@ def sid_pattern(prefix: str) -> str:
     return rf"^{prefix}[0-9a-fA-F]{{32}}$"
 
 
+_HTTP_URL = TypeAdapter(AnyHttpUrl)
+
+
+def _check_http_url(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            _HTTP_URL.validate_python(value)
+        except ValueError:
+            raise ValueError("must be an absolute http or https URL") from None
+    return value
+
+
 Boolean = Annotated[bool, BeforeValidator(_parse_bool)]
+# A callback URL: kept as the text given, checked to be an absolute http(s) URL.
+HttpUrl = Annotated[str, StringConstraints(max_length=2048), BeforeValidator(_check_http_url)]
 IsoDate = Annotated[date, BeforeValidator(_parse_date)]
 CredentialSid = Annotated[str, StringConstraints(pattern=sid_pattern("CR"))]
 MessagingServiceSid = Annotated[str, StringConstraints(pattern=sid_pattern("MG"))]

@@ -40,6 +40,7 @@ from notify_server.accounts.operations import ensure_account, hash_secret
 from notify_server.bindings.repository import (
     LOCK_ENDPOINT,
     LOCK_IDENTITY,
+    WRITTEN_COLUMNS,
     binding_tags,
     bindings,
     digest,
@@ -599,19 +600,7 @@ def write_services(
     return copied
 
 
-_BINDING_COLUMNS = (
-    "identity",
-    "binding_type",
-    "address",
-    "address_key",
-    "endpoint",
-    "endpoint_key",
-    "credential_sid",
-    "notification_protocol_version",
-    "tags",
-    "date_created",
-    "date_updated",
-)
+_BINDING_COLUMNS = (*WRITTEN_COLUMNS, "date_created")
 _UPDATE_BINDING = (
     update(bindings)
     .where(bindings.c.id == bindparam("binding_id"))

@@ -5,6 +5,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from sqlalchemy import ColumnElement
+
 from notify_server.errors import InvalidParameter
 
 _TOKEN = re.compile(r"P([TB])([0-9]{1,19})")
@@ -59,3 +61,15 @@ def fetch_page(
         next_token = f"PT{rows[-1].id}" if more else None
         previous_token = f"PB{rows[0].id}" if after_id is not None and rows else None
     return Page(rows, next_token, previous_token)
+
+
+def keyset(
+    id_column: ColumnElement[int], after_id: int | None, before_id: int | None
+) -> tuple[list[ColumnElement[bool]], ColumnElement[int]]:
+    """The WHERE conditions and ORDER BY of one keyset page over `id_column`."""
+    conditions = []
+    if after_id is not None:
+        conditions.append(id_column > after_id)
+    if before_id is not None:
+        conditions.append(id_column < before_id)
+    return conditions, (id_column.desc() if before_id is not None else id_column)

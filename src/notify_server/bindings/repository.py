@@ -22,6 +22,7 @@ from sqlalchemy import (
 
 from notify_server.bindings.models import Binding, BindingTag
 from notify_server.db import Prepared, stored_datetime
+from notify_server.paging import keyset
 from notify_server.services.models import Service
 
 bindings = cast(Table, Binding.__table__)
@@ -70,7 +71,8 @@ _PROBE = Prepared(
     )
 )
 _BY_ID = Prepared(select(*_COLUMNS).where(bindings.c.id == bindparam("binding_id")))
-_WRITTEN = (
+# The columns a create or re-registration writes (the importer writes the same).
+WRITTEN_COLUMNS = (
     "identity",
     "binding_type",
     "address",
@@ -87,7 +89,7 @@ _INSERT = Prepared(
     .values(
         {
             name: bindparam(name)
-            for name in (*_WRITTEN, "sid", "account_sid", "service_id", "date_created")
+            for name in (*WRITTEN_COLUMNS, "sid", "account_sid", "service_id", "date_created")
         }
     )
     .returning(bindings.c.id)
@@ -95,7 +97,7 @@ _INSERT = Prepared(
 _UPDATE = Prepared(
     update(bindings)
     .where(bindings.c.id == bindparam("binding_id"))
-    .values({name: bindparam(name) for name in _WRITTEN})
+    .values({name: bindparam(name) for name in WRITTEN_COLUMNS})
 )
 _INSERT_TAG = Prepared(
     insert(binding_tags).values(
@@ -266,11 +268,8 @@ def page(
     if end_date:
         day_after = datetime.combine(end_date + timedelta(days=1), time.min)
         conditions.append(bindings.c.date_created < day_after)
-    if after_id is not None:
-        conditions.append(bindings.c.id > after_id)
-    if before_id is not None:
-        conditions.append(bindings.c.id < before_id)
-    order = bindings.c.id.desc() if before_id is not None else bindings.c.id
+    bounds, order = keyset(bindings.c.id, after_id, before_id)
+    conditions.extend(bounds)
     statement = select(*_COLUMNS).where(and_(*conditions)).order_by(order).limit(limit)
     return [_stored(row) for row in conn.execute(statement)]  # type: ignore[misc]
 

@@ -5,6 +5,7 @@ from typing import cast
 from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, select, update
 
 from notify_server.credentials.models import Credential
+from notify_server.paging import keyset
 
 credentials = cast(Table, Credential.__table__)
 
@@ -40,10 +41,7 @@ def page(
     conn: Connection, account_sid: str, *, after_id: int | None, before_id: int | None, limit: int
 ) -> list[Row]:
     conditions = [credentials.c.account_sid == account_sid]
-    if after_id is not None:
-        conditions.append(credentials.c.id > after_id)
-    if before_id is not None:
-        conditions.append(credentials.c.id < before_id)
-    order = credentials.c.id.desc() if before_id is not None else credentials.c.id
+    bounds, order = keyset(credentials.c.id, after_id, before_id)
+    conditions.extend(bounds)
     statement = select(credentials).where(*conditions).order_by(order).limit(limit)
     return list(conn.execute(statement))

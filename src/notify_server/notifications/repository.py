@@ -19,6 +19,7 @@ from sqlalchemy import (
 
 from notify_server.bindings import repository as bindings_repository
 from notify_server.notifications.models import Delivery, Notification
+from notify_server.paging import keyset
 from notify_server.services.models import Service
 
 notifications = cast(Table, Notification.__table__)
@@ -136,11 +137,8 @@ def deliveries_page(
     limit: int,
 ) -> list[Row]:
     conditions = [deliveries.c.notification_id == notification_id]
-    if after_id is not None:
-        conditions.append(deliveries.c.id > after_id)
-    if before_id is not None:
-        conditions.append(deliveries.c.id < before_id)
-    order = deliveries.c.id.desc() if before_id is not None else deliveries.c.id
+    bounds, order = keyset(deliveries.c.id, after_id, before_id)
+    conditions.extend(bounds)
     statement = (
         select(deliveries, notifications.c.sid.label("notification_sid"))
         .join(notifications, notifications.c.id == deliveries.c.notification_id)

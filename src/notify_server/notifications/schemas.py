@@ -2,19 +2,17 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AnyHttpUrl,
     BaseModel,
     BeforeValidator,
     Field,
     StringConstraints,
     TypeAdapter,
-    field_validator,
     model_validator,
 )
 
 from notify_server.bindings.schemas import E164, BindingType, Identity, Tag
 from notify_server.errors import InvalidParameter
-from notify_server.forms import Form, Text2048, Text4096
+from notify_server.forms import Form, HttpUrl, Text4096
 from notify_server.wire import format_date
 
 MAX_IDENTITIES = 20
@@ -27,7 +25,6 @@ FORBIDDEN_OVERRIDE_KEYS = {
     "Gcm": {"to", "registration_ids", "notification_key"},
 }
 _RESERVED_PREFIX = "twi_"
-_HTTP_URL = TypeAdapter(AnyHttpUrl)
 
 
 def _json_object(value: Any) -> Any:
@@ -81,17 +78,7 @@ class NotificationForm(Form):
     sms: JsonObject = Field(default=None, alias="Sms")
     facebook_messenger: JsonObject = Field(default=None, alias="FacebookMessenger")
     alexa: JsonObject = Field(default=None, alias="Alexa")
-    delivery_callback_url: Text2048 | None = Field(default=None, alias="DeliveryCallbackUrl")
-
-    @field_validator("delivery_callback_url")
-    @classmethod
-    def callback_is_http_url(cls, url: str | None) -> str | None:
-        if url is not None:
-            try:
-                _HTTP_URL.validate_python(url)
-            except ValueError:
-                raise ValueError("must be an absolute http or https URL") from None
-        return url
+    delivery_callback_url: HttpUrl | None = Field(default=None, alias="DeliveryCallbackUrl")
 
     @model_validator(mode="after")
     def check(self) -> "NotificationForm":

@@ -7,6 +7,7 @@ from typing import cast
 from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, select, update
 
 from notify_server.db import Prepared
+from notify_server.paging import keyset
 from notify_server.services.models import Service
 
 services = cast(Table, Service.__table__)
@@ -80,9 +81,6 @@ def page(
     conditions = [services.c.account_sid == account_sid]
     if friendly_name is not None:
         conditions.append(services.c.friendly_name == friendly_name)
-    if after_id is not None:
-        conditions.append(services.c.id > after_id)
-    if before_id is not None:
-        conditions.append(services.c.id < before_id)
-    order = services.c.id.desc() if before_id is not None else services.c.id
+    bounds, order = keyset(services.c.id, after_id, before_id)
+    conditions.extend(bounds)
     return list(conn.execute(select(services).where(*conditions).order_by(order).limit(limit)))

@@ -1,18 +1,16 @@
-from pydantic import AnyHttpUrl, BaseModel, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, Field
 
 from notify_server.forms import (
     Boolean,
     CredentialSid,
     Form,
+    HttpUrl,
     ListQuery,
     MessagingServiceSid,
     Text64,
     Text128,
-    Text2048,
 )
 from notify_server.wire import format_date
-
-_HTTP_URL = TypeAdapter(AnyHttpUrl)
 
 
 class ServiceForm(Form):
@@ -40,18 +38,8 @@ class ServiceForm(Form):
         default=None, alias="DefaultAlexaNotificationProtocolVersion"
     )
     log_enabled: Boolean | None = Field(default=None, alias="LogEnabled")
-    delivery_callback_url: Text2048 | None = Field(default=None, alias="DeliveryCallbackUrl")
+    delivery_callback_url: HttpUrl | None = Field(default=None, alias="DeliveryCallbackUrl")
     delivery_callback_enabled: Boolean | None = Field(default=None, alias="DeliveryCallbackEnabled")
-
-    @field_validator("delivery_callback_url")
-    @classmethod
-    def callback_is_http_url(cls, url: str | None) -> str | None:
-        if url is not None:
-            try:
-                _HTTP_URL.validate_python(url)
-            except ValueError:
-                raise ValueError("must be an absolute http or https URL") from None
-        return url
 
     def given(self) -> dict:
         """The fields the request named, by column name."""
