@@ -67,8 +67,11 @@ class DeliveryWorker:
         self._wake_event = asyncio.Event()
         concurrency = self._settings.worker_concurrency
         while not self._stopping:
+            free = concurrency - len(self._in_flight)
+            # Claim in batches (at least half the slots free) rather than one row per answer.
+            busy = free * 2 < concurrency
             try:
-                claimed = self._claim(concurrency - len(self._in_flight))
+                claimed = [] if busy else self._claim(free)
             except Exception:
                 log.exception("claiming deliveries failed; retrying")
                 claimed = []
@@ -78,7 +81,7 @@ class DeliveryWorker:
                 task.add_done_callback(functools.partial(self._finished, row.id))
             self._renew_leases()
             await self._callbacks.report_due()
-            if len(self._in_flight) >= concurrency:
+            if busy or len(self._in_flight) >= concurrency:
                 await asyncio.wait(
                     self._in_flight.values(),
                     timeout=self._lease_seconds / 3,
@@ -241,7 +244,8 @@ class DeliveryWorker:
                 )
                 if result.unregistered and row.binding_id is not None:
                     repository.delete_binding(conn, row.binding_id)
-        self._callbacks.wake()
+        if not row.reported:  # a callback is owed for this row: report it soon
+            self._callbacks.wake()
 
 
 def _as_naive(value: datetime) -> datetime:
