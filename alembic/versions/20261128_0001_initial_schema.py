@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 16:49:00.425396
+Create Date: 2026-11-28 18:16:16.190285
 """
 
 from collections.abc import Sequence
@@ -144,15 +144,19 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "service_id", "address_key", name=op.f("uq_bindings_service_id_address_key")
         ),
-        sa.UniqueConstraint(
-            "service_id", "endpoint_key", name=op.f("uq_bindings_service_id_endpoint_key")
-        ),
         sa.UniqueConstraint("sid", name=op.f("uq_bindings_sid")),
     )
     with op.batch_alter_table("bindings", schema=None) as batch_op:
         batch_op.create_index("ix_bindings_service_id_id", ["service_id", "id"], unique=False)
         batch_op.create_index(
             "ix_bindings_service_id_identity", ["service_id", "identity"], unique=False
+        )
+        batch_op.create_index(
+            "uq_bindings_service_id_endpoint_key",
+            ["service_id", "endpoint_key"],
+            unique=True,
+            sqlite_where=sa.text("endpoint_key IS NOT NULL"),
+            postgresql_where=sa.text("endpoint_key IS NOT NULL"),
         )
 
     op.create_table(
@@ -280,6 +284,11 @@ def downgrade() -> None:
     op.drop_table("binding_tags")
     op.drop_table("notifications")
     with op.batch_alter_table("bindings", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_bindings_service_id_endpoint_key",
+            sqlite_where=sa.text("endpoint_key IS NOT NULL"),
+            postgresql_where=sa.text("endpoint_key IS NOT NULL"),
+        )
         batch_op.drop_index("ix_bindings_service_id_identity")
         batch_op.drop_index("ix_bindings_service_id_id")
 

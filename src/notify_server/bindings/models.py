@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from notify_server.db import Base, RowId
@@ -12,7 +12,15 @@ class Binding(Base):
         # Keys are SHA-256 digests: an index over 1024-character addresses would break
         # PostgreSQL's B-tree row limit.
         UniqueConstraint("service_id", "address_key"),
-        UniqueConstraint("service_id", "endpoint_key"),
+        # Partial: most bindings have no Endpoint, and a NULL entry would still cost a write.
+        Index(
+            "uq_bindings_service_id_endpoint_key",
+            "service_id",
+            "endpoint_key",
+            unique=True,
+            sqlite_where=text("endpoint_key IS NOT NULL"),
+            postgresql_where=text("endpoint_key IS NOT NULL"),
+        ),
         Index("ix_bindings_service_id_identity", "service_id", "identity"),
         # Keyset paging walks a service's bindings in id order.
         Index("ix_bindings_service_id_id", "service_id", "id"),
