@@ -1,6 +1,7 @@
 """create_app(settings): routers, the one error handler, the wire-level middleware."""
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,6 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Everything built so far lives as long as the process: keep it out of the cyclic
+        # collector's full passes, which otherwise walk it all and stall every request.
+        gc.collect()
+        gc.freeze()
         checkpointer.start()
         task = asyncio.create_task(worker.run()) if settings.worker_enabled else None
         yield
