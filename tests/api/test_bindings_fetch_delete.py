@@ -5,6 +5,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
 from notify_server.bindings.models import Binding, BindingTag
+from tests.errors import UNAUTHENTICATED
 from tests.factories import Account, make_api_key, make_binding, make_service
 
 UNKNOWN_SERVICE = "IS" + "0" * 32
@@ -17,13 +18,6 @@ MALFORMED_BINDINGS = [
     "bs" + "a" * 32,
     "BS" + "a" * 31 + "-",
 ]
-UNAUTHENTICATED = {
-    "code": 20003,
-    "detail": "Your AccountSid or AuthToken was incorrect.",
-    "message": "Authenticate",
-    "more_info": "https://www.twilio.com/docs/errors/20003",
-    "status": 401,
-}
 
 
 def not_found(path: str) -> dict:

@@ -9,38 +9,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 
 from notify_server.bindings.models import Binding
+from tests.errors import UNAUTHENTICATED, assert_invalid, not_found, twilio_error
 from tests.factories import Account, make_binding, make_service
 
 BASE = "http://testserver"
 UNKNOWN_SERVICE = "IS" + "0" * 32
-UNAUTHENTICATED = {
-    "code": 20003,
-    "detail": "Your AccountSid or AuthToken was incorrect.",
-    "message": "Authenticate",
-    "more_info": "https://www.twilio.com/docs/errors/20003",
-    "status": 401,
-}
-
-
-def twilio_error(status: int, code: int, message: str) -> dict:
-    return {
-        "code": code,
-        "message": message,
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-
-
-def not_found(path: str) -> dict:
-    return twilio_error(404, 20404, f"The requested resource {path} was not found")
-
-
-def assert_invalid(response, name: str) -> None:
-    """400/20001 naming the parameter; the reason after the colon is the validator's."""
-    assert response.status_code == 400, response.text
-    body = response.json()
-    assert body == twilio_error(400, 20001, body["message"])
-    assert body["message"].startswith(f"Parameter '{name}' is invalid"), body["message"]
 
 
 def bindings_path(service_sid: str) -> str:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
 from notify_server.notifications.models import Delivery, Notification
+from tests.errors import UNAUTHENTICATED, assert_invalid, not_found, twilio_error
 from tests.factories import Account, make_api_key, make_binding, make_service
 
 NT_RE = re.compile(r"^NT[0-9a-f]{32}$")
@@ -67,36 +68,6 @@ UNKNOWN_SERVICE = "IS" + "0" * 32
 UNKNOWN_NOTIFICATION = "NT" + "0" * 32
 MIXED = "Direct notifications and query notifications can not be requested together"
 NO_TARGET = "A Notification needs a target: Identity, Tag, Segment or ToBinding"
-UNAUTHENTICATED = {
-    "code": 20003,
-    "detail": "Your AccountSid or AuthToken was incorrect.",
-    "message": "Authenticate",
-    "more_info": "https://www.twilio.com/docs/errors/20003",
-    "status": 401,
-}
-
-
-def twilio_error(status: int, code: int, message: str) -> dict:
-    return {
-        "code": code,
-        "message": message,
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-
-
-def not_found(path: str) -> dict:
-    return twilio_error(404, 20404, f"The requested resource {path} was not found")
-
-
-def assert_invalid(response, name: str) -> str:
-    """400/20001 naming the parameter; returns the reason after the colon."""
-    assert response.status_code == 400, response.text
-    body = response.json()
-    assert body == twilio_error(400, 20001, body["message"])
-    prefix = f"Parameter '{name}' is invalid: "
-    assert body["message"].startswith(prefix), body["message"]
-    return body["message"][len(prefix) :]
 
 
 def notifications_path(service_sid: str) -> str:
