@@ -33,10 +33,6 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
     """With `background_checkpoints` (the server), SQLite's WAL is checkpointed by a
     Checkpointer thread instead of inside whichever commit crosses the threshold."""

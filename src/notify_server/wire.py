@@ -64,9 +64,6 @@ class FormData:
     def __contains__(self, key: str) -> bool:
         return key in self._items
 
-    def as_dict(self) -> dict[str, str | list[str]]:
-        return {k: (v if len(v) > 1 else v[0]) for k, v in self._items.items()}
-
 
 def quote_segment(value: str) -> str:
     return quote(value, safe="")

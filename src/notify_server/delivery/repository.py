@@ -9,6 +9,7 @@ from sqlalchemy import (
     Connection,
     Row,
     Table,
+    Update,
     and_,
     bindparam,
     case,
@@ -135,42 +136,26 @@ def credential(conn: Connection, account_sid: str, sid: str) -> Row | None:
     return conn.execute(_CREDENTIAL, {"account_sid": account_sid, "sid": sid}).first()
 
 
-_MARK_SENT = (
-    update(deliveries)
-    .where(deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == SENDING)
-    .values(
-        status=SENT,
-        provider_message_id=bindparam("provider_message_id"),
-        provider_status=bindparam("provider_status"),
-        provider_response=bindparam("provider_response"),
-        error_message=None,
-        date_updated=bindparam("now"),
+def _finish(status: str, **columns: object) -> Update:
+    """A row this worker is sending takes its outcome (and the provider's answer)."""
+    values = {
+        "status": status,
+        "provider_status": bindparam("provider_status"),
+        "provider_response": bindparam("provider_response"),
+        "error_message": bindparam("error_message"),
+        "date_updated": bindparam("now"),
+        **columns,
+    }
+    return (
+        update(deliveries)
+        .where(deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == SENDING)
+        .values(values)
     )
-)
-_MARK_FAILED = (
-    update(deliveries)
-    .where(deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == SENDING)
-    .values(
-        status=FAILED,
-        provider_message_id=bindparam("provider_message_id"),
-        provider_status=bindparam("provider_status"),
-        provider_response=bindparam("provider_response"),
-        error_message=bindparam("error_message"),
-        date_updated=bindparam("now"),
-    )
-)
-_MARK_RETRY = (
-    update(deliveries)
-    .where(deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == SENDING)
-    .values(
-        status=PENDING,
-        next_attempt_at=bindparam("next_attempt_at"),
-        provider_status=bindparam("provider_status"),
-        provider_response=bindparam("provider_response"),
-        error_message=bindparam("error_message"),
-        date_updated=bindparam("now"),
-    )
-)
+
+
+_MARK_SENT = _finish(SENT, provider_message_id=bindparam("provider_message_id"), error_message=None)
+_MARK_FAILED = _finish(FAILED, provider_message_id=bindparam("provider_message_id"))
+_MARK_RETRY = _finish(PENDING, next_attempt_at=bindparam("next_attempt_at"))
 
 
 def mark_sent(conn: Connection, delivery_id: int, now: datetime, **provider: object) -> None:
