@@ -2,7 +2,7 @@
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 from cryptography.fernet import Fernet
@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from notify_server.db import transaction
 from notify_server.models import Credential
+from tests.errors import assert_error, assert_invalid, assert_not_found, assert_recent
 from tests.factories import make_binding, make_credential, make_service
 
-DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 CREDENTIAL_SID = re.compile(r"CR[0-9a-f]{32}")
 UNKNOWN_CR = "CR" + "0" * 32
 OLD = datetime(2020, 1, 2, 3, 4, 5)
@@ -36,38 +36,6 @@ API_KEY = "AIzaSy-gcm-api-key-7d1f0e"
 SECRET = "fcm-server-secret-9c2b4a"
 ALL_SECRETS = (CERTIFICATE, PRIVATE_KEY, API_KEY, SECRET)
 MALFORMED_CR = ["CRzz", "CR" + "0" * 31, "CR" + "0" * 33, "XR" + "0" * 32, "CR" + "g" * 32]
-
-
-def assert_error(response, status: int, code: int, message: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.json() == {
-        "code": code,
-        "message": message,
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-
-
-def assert_invalid(response, name: str, message: str | None = None) -> None:
-    assert response.status_code == 400, response.text
-    body = response.json()
-    assert set(body) == {"code", "message", "more_info", "status"}
-    assert (body["code"], body["status"]) == (20001, 400)
-    assert body["more_info"] == "https://www.twilio.com/docs/errors/20001"
-    if message is None:
-        assert body["message"].startswith(f"Parameter '{name}' is invalid: "), body
-    else:
-        assert body["message"] == f"Parameter '{name}' is invalid: {message}"
-
-
-def assert_not_found(response, path: str) -> None:
-    assert_error(response, 404, 20404, f"The requested resource {path} was not found")
-
-
-def assert_recent(value: str) -> None:
-    assert DATE.fullmatch(value), value
-    when = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    assert abs((datetime.now(UTC) - when).total_seconds()) < 30
 
 
 def assert_no_secret(response) -> None:

@@ -1,16 +1,16 @@
 """Services over HTTP against the real database: create, list, fetch, update, delete."""
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 from sqlalchemy import func, select
 
 from notify_server.db import transaction
 from notify_server.models import Binding, Service
+from tests.errors import assert_error, assert_invalid, assert_not_found, assert_recent
 from tests.factories import make_binding, make_credential, make_service
 
-DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SERVICE_SID = re.compile(r"IS[0-9a-f]{32}")
 UNKNOWN_IS = "IS" + "0" * 32
 UNKNOWN_CR = "CR" + "0" * 32
@@ -26,39 +26,6 @@ MALFORMED_IS = [
     "IS" + "g" * 32,
     "IS" + "0" * 31 + "%",
 ]
-
-
-def assert_error(response, status: int, code: int, message: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.json() == {
-        "code": code,
-        "message": message,
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-
-
-def assert_invalid(response, name: str, message: str | None = None) -> None:
-    """400/20001 naming the parameter; `message` is the exact text when we decide it."""
-    assert response.status_code == 400, response.text
-    body = response.json()
-    assert body == {**body, "code": 20001, "status": 400}
-    assert body["more_info"] == "https://www.twilio.com/docs/errors/20001"
-    assert set(body) == {"code", "message", "more_info", "status"}
-    if message is None:
-        assert body["message"].startswith(f"Parameter '{name}' is invalid: "), body
-    else:
-        assert body["message"] == f"Parameter '{name}' is invalid: {message}"
-
-
-def assert_not_found(response, path: str) -> None:
-    assert_error(response, 404, 20404, f"The requested resource {path} was not found")
-
-
-def assert_recent(value: str) -> None:
-    assert DATE.fullmatch(value), value
-    when = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    assert abs((datetime.now(UTC) - when).total_seconds()) < 30
 
 
 def expected_service(sid: str, account_sid: str, date: str, **fields) -> dict:
