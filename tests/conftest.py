@@ -16,6 +16,8 @@ from notify_server.db import make_engine
 from notify_server.models import Base
 from tests.factories import Account, make_account
 
+TEST_OUTBOUND_ALLOW = "127.0.0.0/8,::1/128"
+
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -36,9 +38,16 @@ def reset_schema(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def secret_key() -> str:
-    return Fernet.generate_key().decode()
+@pytest.fixture(scope="session", autouse=True)
+def secret_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # The test database's one key: servers and commands the suite starts on it without a key
+    # of their own read it from this file (a different key is refused, notify_server/deployment.py).
+    key = Fernet.generate_key().decode()
+    key_file = tmp_path_factory.mktemp("key") / "notify-server.key"
+    key_file.write_text(key)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NOTIFY_SECRET_KEY_FILE", str(key_file))
+        yield key
 
 
 @pytest.fixture
@@ -47,6 +56,8 @@ def settings(database_url: str, secret_key: str, tmp_path) -> Settings:
         database_url=database_url,
         secret_key=secret_key,
         secret_key_file=str(tmp_path / "unused.key"),
+        # The suite's fake providers and callback receivers listen on loopback.
+        outbound_allow=TEST_OUTBOUND_ALLOW,
     )
 
 

@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine, text, update
+from sqlalchemy import Connection, Engine, create_engine, text, update
 
 from notify_server import migrate
 from notify_server.bindings import repository
@@ -1037,14 +1037,31 @@ class TestImportLocalDatabase:
     def test_a_database_error_is_reported_without_a_traceback(
         self, source: Source, importer: Importer, tmp_path: Path
     ) -> None:
-        # A database that was never migrated: the accounts table is missing.
-        importer.database_url = f"sqlite:///{tmp_path / 'unmigrated.db'}"
+        # A database whose services table has gone: the import fails writing the first one.
+        url = f"sqlite:///{tmp_path / 'broken.db'}"
+        migrate.upgrade(url)
+        broken = create_engine(url)
+        with broken.begin() as conn:
+            conn.execute(text("DROP TABLE services"))
+        broken.dispose()
+        importer.database_url = url
         run = importer(source.base_url, "--no-migrate")
 
         assert run.returncode == 1
         assert "notify-server import: the local database failed: no such table" in run.stderr
         assert "Traceback" not in run.stderr
-        assert run.stdout.startswith(f"import from {source.base_url}\n")
+        assert run.stdout.startswith(f"import from {source.base_url} into local account")
+
+    def test_an_unmigrated_database_says_to_upgrade(
+        self, source: Source, importer: Importer, tmp_path: Path
+    ) -> None:
+        importer.database_url = f"sqlite:///{tmp_path / 'unmigrated.db'}"
+        run = importer(source.base_url, "--no-migrate")
+
+        assert run.returncode == 2
+        assert "notify-server db upgrade" in run.stderr
+        assert "Traceback" not in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
 
 
 class TestImportLocks:

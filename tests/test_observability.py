@@ -38,6 +38,16 @@ deliveries: Table = Delivery.__table__  # type: ignore[assignment]
 REQUEST_ID = re.compile(r"RQ[0-9a-f]{32}")
 UNKNOWN_IS = "IS" + "0" * 32
 LOG_SENT = {"channel": "log", "outcome": "sent"}
+METRICS_TOKEN = f"metrics-{uuid.uuid4().hex}"
+BEARER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+@pytest.fixture
+def settings(settings):
+    """/metrics needs its token; the database gauges are refreshed often enough to wait for."""
+    return settings.model_copy(
+        update={"metrics_token": METRICS_TOKEN, "metrics_refresh_seconds": 0.1}
+    )
 
 
 def request_id(response) -> str:
@@ -82,7 +92,7 @@ class TestRequestId:
             "OPTIONS": client.options(f"/v1/Services/{sid}/Bindings"),
             "healthz": client.get("/healthz"),
             "readyz": client.get("/readyz"),
-            "metrics": client.get("/metrics"),
+            "metrics": client.get("/metrics", headers=BEARER),
             "204": client.delete(f"/v1/Services/{sid}", auth=auth),
         }
         monkeypatch.setattr("notify_server.services.operations.list_services", broken)
@@ -156,12 +166,27 @@ class Scrape:
 
 
 def scrape(client) -> Scrape:
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=BEARER)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
     samples = [s for f in families.values() for s in f.samples]
     return Scrape(families, samples)
+
+
+def scrape_fresh(client) -> Scrape:
+    """A scrape whose database gauges were read after this call began (they are cached)."""
+    since = time.monotonic()
+    deadline = since + 10
+    while True:
+        asked = time.monotonic()
+        result = scrape(client)
+        age = result.value("notify_database_gauges_age_seconds")
+        # The cache was read at (server's now - age), and the server's now is after `asked`.
+        if age is not None and "notify_bindings" in result.families and asked - age > since:
+            return result
+        assert time.monotonic() < deadline, f"database gauges not refreshed (age {age})"
+        time.sleep(0.02)
 
 
 def request_counts(result: Scrape, sample_name: str) -> Counter:
@@ -198,8 +223,8 @@ def quiet_client(settings, engine) -> Iterator[TestClient]:
 class TestMetrics:
     exercises = ("PrometheusMetrics",)
 
-    def test_prometheus_text_without_credentials(self, client):
-        result = scrape(client)
+    def test_prometheus_text_with_the_bearer_token(self, client):
+        result = scrape_fresh(client)
         assert {
             "notify_requests",
             "notify_request_duration_seconds",
@@ -211,10 +236,13 @@ class TestMetrics:
         assert result.families["notify_request_duration_seconds"].type == "histogram"
         assert result.families["notify_bindings"].type == "gauge"
         assert result.families["notify_outbox_depth"].type == "gauge"
+        assert result.families["notify_database_gauges_age_seconds"].type == "gauge"
 
-    def test_credentials_are_not_required_nor_rejected(self, client, account):
-        response = client.get("/metrics", auth=(account.sid, "wrong token"))
-        assert response.status_code == 200
+    def test_account_credentials_do_not_open_it(self, client, account):
+        # An account's token is not the operators' token (more in test_metrics_access.py).
+        response = client.get("/metrics", auth=account.auth)
+        assert response.status_code == 401
+        assert response.json()["code"] == 20003
 
     def test_request_counters_count_exactly_the_requests_made(self, client, account):
         auth = account.auth
@@ -308,7 +336,24 @@ class TestMetrics:
         counts = request_counts(scrape(client), "notify_requests_total")
         assert counts == {key("list_services", "GET", 500): 1}
 
-    def test_bindings_gauge_is_per_service(self, client, engine, account, other_account):
+    def test_bindings_gauge_is_one_total_by_default(self, client, account, other_account):
+        service = make_service(client, account)["sid"]
+        others = make_service(client, other_account)["sid"]
+        for n in range(3):
+            make_binding(client, account, service, Address=f"a{n}")
+        make_binding(client, other_account, others)
+        assert scrape_fresh(client).values("notify_bindings") == {(): 4}
+        assert client.delete(f"/v1/Services/{others}", auth=other_account.auth).status_code == 204
+        assert scrape_fresh(client).values("notify_bindings") == {(): 3}
+
+    def test_bindings_gauge_is_per_service_when_asked(
+        self, settings, engine, account, other_account
+    ):
+        app = create_app(settings.model_copy(update={"metrics_per_service": True}))
+        with TestClient(app, raise_server_exceptions=False) as client:
+            self.check_bindings_per_service(client, account, other_account)
+
+    def check_bindings_per_service(self, client, account, other_account):
         first = make_service(client, account)["sid"]
         second = make_service(client, account)["sid"]
         empty = make_service(client, account)["sid"]
@@ -320,7 +365,7 @@ class TestMetrics:
         for n in range(2):
             make_binding(client, other_account, others, Identity=f"o{n}")
 
-        gauge = scrape(client).values("notify_bindings")
+        gauge = scrape_fresh(client).values("notify_bindings")
         assert gauge == {
             (("service_sid", first),): 3,
             (("service_sid", second),): 1,
@@ -333,7 +378,7 @@ class TestMetrics:
         )
         assert response.status_code == 204
         assert client.delete(f"/v1/Services/{others}", auth=other_account.auth).status_code == 204
-        gauge = scrape(client).values("notify_bindings")
+        gauge = scrape_fresh(client).values("notify_bindings")
         assert gauge == {
             (("service_sid", first),): 2,
             (("service_sid", second),): 1,
@@ -349,7 +394,7 @@ class TestMetrics:
         make_binding(quiet_client, account, service, Identity="bob", BindingType="fcm")
         make_notification(quiet_client, account, service, Identity="alice")
 
-        before = scrape(quiet_client)
+        before = scrape_fresh(quiet_client)
         assert before.values("notify_outbox_depth") == {
             (("status", "pending"),): 3,
             (("status", "sending"),): 0,
@@ -382,12 +427,13 @@ class TestMetrics:
             (("status", "sending"),): 0,
         }
         # The gauge comes from the database: the idle process agrees.
-        assert scrape(quiet_client).values("notify_outbox_depth")[(("status", "pending"),)] == 0
+        depth = scrape_fresh(quiet_client).values("notify_outbox_depth")
+        assert depth[(("status", "pending"),)] == 0
 
     def test_metrics_can_be_turned_off(self, settings, engine):
         app = create_app(settings.model_copy(update={"metrics_enabled": False}))
         with TestClient(app, raise_server_exceptions=False) as client:
-            response = client.get("/metrics")
+            response = client.get("/metrics", headers=BEARER)
         assert response.status_code == 404
         assert response.json()["code"] == 20404
 
@@ -552,6 +598,7 @@ def logged_run(database_url: str, tmp_path_factory) -> Iterator[LoggedRun]:
         "certificate of the failing update": f"failing-update-cert-{mark}",
         "secret key": fernet_key,
         "sms auth token": sms.auth_token,
+        "metrics token": METRICS_TOKEN,
     }
     secrets.update(
         {
@@ -569,6 +616,7 @@ def logged_run(database_url: str, tmp_path_factory) -> Iterator[LoggedRun]:
         "NOTIFY_SMS_AUTH_TOKEN": sms.auth_token,
         "NOTIFY_SMS_FROM": "+15005550006",
         "NOTIFY_WORKER_POLL_SECONDS": "0.05",
+        "NOTIFY_METRICS_TOKEN": METRICS_TOKEN,
     }
     log_path: Path = tmp_path_factory.mktemp("logs") / "stderr.log"
     responses: list[httpx.Response] = []
@@ -644,7 +692,7 @@ def logged_run(database_url: str, tmp_path_factory) -> Iterator[LoggedRun]:
                 assert call("GET", "/v1/Nothing").status_code == 404
                 assert call("DELETE", "/v1/Services").status_code == 405
                 assert call("OPTIONS", "/v1/Services").status_code == 204
-                assert call("GET", "/metrics").status_code == 200
+                assert call("GET", "/metrics", headers=BEARER, auth=None).status_code == 200
             wait_delivered(engine, 2)
         finally:
             process.send_signal(signal.SIGTERM)

@@ -45,8 +45,13 @@ def clock(monkeypatch) -> Clock:
     return fake
 
 
+METRICS_TOKEN = "scrape-token"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
 def limited_client(settings, **limits) -> TestClient:
-    app = create_app(settings.model_copy(update={"worker_enabled": False, **limits}))
+    update = {"worker_enabled": False, "metrics_token": METRICS_TOKEN, **limits}
+    app = create_app(settings.model_copy(update=update))
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -67,8 +72,8 @@ def assert_too_many(response, retry_after: int = 1) -> None:
     assert response.headers["access-control-allow-origin"] == "*"
 
 
-def statuses(client, auth, count: int, path: str = "/v1/Services") -> list[int]:
-    return [client.get(path, auth=auth).status_code for _ in range(count)]
+def statuses(client, auth, count: int, path: str = "/v1/Services", **kwargs) -> list[int]:
+    return [client.get(path, auth=auth, **kwargs).status_code for _ in range(count)]
 
 
 class TestLimit:
@@ -191,12 +196,15 @@ class TestNotLimited:
 
     def test_operational_endpoints_are_never_limited(self, limited, account):
         statuses(limited, account.auth, BURST + 1)
-        for path in ("/healthz", "/readyz", "/metrics"):
+        for path in ("/healthz", "/readyz"):
             assert statuses(limited, account.auth, 10, path) == [200] * 10
+        assert statuses(limited, None, 10, "/metrics", headers=METRICS_AUTH) == [200] * 10
 
     def test_429s_are_counted_in_the_metrics(self, limited, account):
         statuses(limited, account.auth, BURST + 2)
-        families = text_string_to_metric_families(limited.get("/metrics").text)
+        families = text_string_to_metric_families(
+            limited.get("/metrics", headers=METRICS_AUTH).text
+        )
         counted = {
             (sample.labels["operation"], sample.labels["status"]): sample.value
             for family in families

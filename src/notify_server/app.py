@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException
@@ -20,9 +19,10 @@ from notify_server.auth import Authenticator
 from notify_server.bindings.router import routes as bindings_routes
 from notify_server.config import Settings, get_settings
 from notify_server.credentials.router import routes as credentials_routes
-from notify_server.crypto import SecretBox
+from notify_server.crypto import SecretKeyError, secret_box_for
 from notify_server.db import Checkpointer, GroupCommit, make_engine
 from notify_server.delivery.worker import DeliveryWorker
+from notify_server.deployment import check_secret_key, check_when_reachable
 from notify_server.edge import Edge
 from notify_server.errors import (
     InvalidParameter,
@@ -33,8 +33,10 @@ from notify_server.errors import (
     twilio_error_response,
 )
 from notify_server.logs import quiet_secret_loggers
-from notify_server.metrics import Metrics
+from notify_server.metrics import CONTENT_TYPE_LATEST, Metrics, check_bearer
+from notify_server.metrics_server import MetricsExporter
 from notify_server.notifications.router import routes as notifications_routes
+from notify_server.outbound import OutboundPolicy
 from notify_server.ratelimit import RateLimiter
 from notify_server.services.router import routes as services_routes
 
@@ -79,22 +81,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(settings.database_url, background_checkpoints=True)
     checkpointer = Checkpointer(engine)
 
-    secret_box = SecretBox(settings.secret_key, settings.secret_key_file)
-    metrics = Metrics(engine)
-    worker = DeliveryWorker(engine, settings, secret_box, metrics=metrics)
+    secret_box = secret_box_for(settings)
+    metrics = Metrics(engine, settings)
+    exporter = MetricsExporter(metrics, settings) if settings.metrics_enabled else None
+    outbound = OutboundPolicy(settings.outbound_allow)
+    worker = DeliveryWorker(engine, settings, secret_box, metrics=metrics, outbound=outbound)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Here too, not only in `notify-server serve`: `uvicorn notify_server.app:create_app`
+        # run directly must not seal secrets with a key no other process can open.
+        try:
+            check_secret_key(engine, secret_box)
+        except SecretKeyError as error:
+            log.error("notify-server: %s", error)
+            engine.dispose()
+            raise
+        except OperationalError as error:
+            # The database is down: serve anyway (/readyz says 503) and check the key once it
+            # answers; until then no secret is sealed or opened and no worker runs.
+            log.warning("database unreachable at start-up, secret key not checked: %s", error.orig)
+            secret_box.hold()
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's full passes, which otherwise walk it all and stall every request.
         gc.collect()
         gc.freeze()
         checkpointer.start()
-        task = asyncio.create_task(worker.run()) if settings.worker_enabled else None
+        if exporter is not None:
+            exporter.start()
+        delivering = False
+
+        async def deliver() -> None:
+            nonlocal delivering
+            if secret_box.held and not await check_when_reachable(engine, secret_box):
+                return
+            if settings.worker_enabled:
+                delivering = True
+                await worker.run()
+
+        task = (
+            asyncio.create_task(deliver()) if settings.worker_enabled or secret_box.held else None
+        )
         yield
         if task is not None:
-            await worker.stop()
+            if delivering:
+                await worker.stop()
             task.cancel()
+        if exporter is not None:
+            exporter.stop()
         checkpointer.stop()
         engine.dispose()
 
@@ -116,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = Authenticator(engine, settings.auth_cache_seconds)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app.state.secret_box = secret_box
+    app.state.outbound = outbound
     app.state.delivery_worker = worker
 
     # Bindings first: routes are matched in order, and theirs are the busiest.
@@ -128,6 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
+        if secret_box.held:  # the key is not checked yet, or is not the deployment's
+            return Response(b'{"status":"unavailable"}', 503, media_type="application/json")
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -138,8 +175,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_enabled:
 
         @app.get("/metrics", include_in_schema=False)
-        async def prometheus_metrics() -> Response:
-            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        async def prometheus_metrics(request: Request) -> Response:
+            # Without a token the API port has no /metrics: the same 404 as any unknown path.
+            if metrics.token is None:
+                raise NotFound()
+            check_bearer(request.headers.get("authorization"), metrics.token)
+            # Cached values only (metrics.py): nothing here waits on the database.
+            return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     install_error_handlers(app)
     route_paths = {

@@ -6,9 +6,11 @@ import json
 import os
 import signal
 import sys
+import tempfile
+from contextlib import ExitStack
 
 import uvicorn
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from notify_server import migrate
 from notify_server.accounts.operations import (
@@ -19,17 +21,33 @@ from notify_server.accounts.operations import (
     ensure_account,
 )
 from notify_server.config import Settings, get_settings
-from notify_server.crypto import SecretBox
+from notify_server.crypto import SecretBox, SecretKeyError, secret_box_for
 from notify_server.db import make_engine, transaction
 from notify_server.delivery.worker import DeliveryWorker
+from notify_server.deployment import check_secret_key
 from notify_server.logs import configure_logging, uvicorn_log_config
+from notify_server.metrics import MULTIPROCESS_DIR, Metrics
+from notify_server.metrics_server import MetricsExporter
 
 
-def secret_box(settings: Settings) -> SecretBox:
-    return SecretBox(settings.secret_key, settings.secret_key_file)
+def checked_secret_box(settings: Settings, *, database_may_be_down: bool = False) -> SecretBox:
+    """This deployment's key, or SecretKeyError (exit 2) before the command does anything.
+    With `database_may_be_down` (serve), an unreachable database gives a held box instead:
+    the app starts anyway and checks the key once the database answers."""
+    box = secret_box_for(settings)
+    engine = make_engine(settings.database_url)
+    try:
+        check_secret_key(engine, box)
+    except OperationalError:
+        if not database_may_be_down:
+            raise
+        box.hold()
+    finally:
+        engine.dispose()
+    return box
 
 
-def _ensure_configured_account(settings: Settings) -> None:
+def _ensure_configured_account(settings: Settings, box: SecretBox) -> None:
     if bool(settings.account_sid) != bool(settings.auth_token):
         raise InvalidAccountSid("NOTIFY_ACCOUNT_SID and NOTIFY_AUTH_TOKEN go together: set both")
     if settings.account_sid and settings.auth_token:
@@ -38,9 +56,7 @@ def _ensure_configured_account(settings: Settings) -> None:
             for attempt in (1, 2):
                 try:
                     with transaction(engine, write=True) as conn:
-                        ensure_account(
-                            conn, secret_box(settings), settings.account_sid, settings.auth_token
-                        )
+                        ensure_account(conn, box, settings.account_sid, settings.auth_token)
                     break
                 except IntegrityError:
                     # A process starting beside this one inserted it first: look again.
@@ -54,13 +70,33 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     # Migrate once here, before any worker process starts.
     if not args.no_migrate:
         migrate.upgrade(settings.database_url)
-    _ensure_configured_account(settings)
+    # The key before anything seals with it (the configured account's token, just below).
+    _ensure_configured_account(settings, checked_secret_box(settings, database_may_be_down=True))
     if args.no_worker:
         # uvicorn's worker processes build their own Settings from the environment.
         os.environ["NOTIFY_WORKER_ENABLED"] = "false"
+    if args.metrics_port is not None:
+        os.environ["NOTIFY_METRICS_PORT"] = str(args.metrics_port)
+    if args.host and not settings.metrics_host:
+        # The metrics listener follows the API's host unless told otherwise.
+        os.environ["NOTIFY_METRICS_HOST"] = args.host
+    # With one process uvicorn calls create_app here, which must see the lines above.
+    get_settings.cache_clear()
+    cleanup = ExitStack()
+    if args.workers > 1 and MULTIPROCESS_DIR not in os.environ:
+        # Each process counts in its own files here and any of them answers a scrape with the
+        # sum of all (prometheus-client's multiprocess mode). Fresh per run: no stale counts.
+        directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="notify-metrics-"))
+        os.environ[MULTIPROCESS_DIR] = directory
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; without a
     # handler of ours that would end the process with 143 instead of 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
+    with cleanup:
+        _run_uvicorn(args, settings)
+    return 0
+
+
+def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(
         "notify_server.app:create_app",
         factory=True,
@@ -74,16 +110,23 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         server_header=False,
         # Requests still running this long after SIGTERM are cut off.
         timeout_graceful_shutdown=25,
+        # httptools with a header-size limit and read timeouts (NOTIFY_MAX_HEADER_BYTES, ...);
+        # an import string, so that every worker process loads it itself.
+        http="notify_server.http_protocol:EdgeLimitedHttpToolsProtocol",
     )
-    return 0
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
     """A delivery worker on its own: scale delivery out apart from the API."""
     if not args.no_migrate:
         migrate.upgrade(settings.database_url)
+    box = checked_secret_box(settings)
     engine = make_engine(settings.database_url)
-    delivery_worker = DeliveryWorker(engine, settings, secret_box(settings))
+    if args.metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": args.metrics_port})
+    metrics = Metrics(engine, settings) if settings.metrics_enabled else None
+    delivery_worker = DeliveryWorker(engine, settings, box, metrics=metrics)
+    exporter = MetricsExporter(metrics, settings) if metrics is not None else None
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -96,8 +139,19 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
         task.cancel()
 
     configure_logging(args.log_level)
-    asyncio.run(run())
-    engine.dispose()
+    if exporter is not None:
+        try:
+            exporter.start()
+        except OSError as error:
+            print(f"notify-server: cannot listen for metrics: {error}", file=sys.stderr)
+            engine.dispose()
+            return 1
+    try:
+        asyncio.run(run())
+    finally:
+        if exporter is not None:
+            exporter.stop()
+        engine.dispose()
     return 0
 
 
@@ -106,7 +160,7 @@ def import_command(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.no_migrate:
         migrate.upgrade(settings.database_url)
-    return run_import(args, settings, secret_box(settings))
+    return run_import(args, settings, checked_secret_box(settings))
 
 
 def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -120,9 +174,10 @@ def db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def accounts_create(args: argparse.Namespace, settings: Settings) -> int:
+    box = checked_secret_box(settings)
     engine = make_engine(settings.database_url)
     with transaction(engine, write=True) as conn:
-        account = create_account(conn, secret_box(settings), args.friendly_name)
+        account = create_account(conn, box, args.friendly_name)
     engine.dispose()
     if args.json:
         print(json.dumps({"sid": account.sid, "auth_token": account.auth_token}))
@@ -148,6 +203,13 @@ def keys_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _port(value: str) -> int:
+    port = int(value) if value.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notify-server", description="The Twilio Notify v1 REST API, self-hosted."
@@ -163,11 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--no-worker", action="store_true", help="deliver nothing here (run `worker` apart)"
     )
+    serve_cmd.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="also serve /metrics and /healthz on this port (default NOTIFY_METRICS_PORT)",
+    )
     serve_cmd.set_defaults(run=serve)
 
     worker_cmd = commands.add_parser("worker", help="deliver notifications from the outbox")
     worker_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
     worker_cmd.add_argument("--log-level", default="info")
+    worker_cmd.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve /metrics and /healthz on this port (default NOTIFY_METRICS_PORT)",
+    )
     worker_cmd.set_defaults(run=worker)
 
     import_cmd = commands.add_parser(
@@ -227,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     try:
         return args.run(args, settings)
-    except InvalidAccountSid as exc:
+    except (InvalidAccountSid, SecretKeyError) as exc:
         print(f"notify-server: {exc}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,9 @@
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from notify_server.outbound import parse_allow_list
 
 
 class Settings(BaseSettings):
@@ -14,10 +16,19 @@ class Settings(BaseSettings):
     # Base for `url`/`links`/paging URLs; default: the request's own scheme and host.
     public_url: str | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
-    # Fernet key that encrypts push-credential secrets. Unset: a key is generated once
-    # into `secret_key_file` (fine for one host; set it explicitly when scaling out).
+    # Edge limits of `serve` (notify_server/http_protocol.py): the request line and headers
+    # together, the time they may take from the request's first byte, and the longest pause
+    # inside a body (which must also be complete within 6 such periods).
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Fernet key that encrypts auth tokens and push-credential secrets; one per deployment,
+    # its fingerprint stored in the database and checked by every command (crypto.py).
+    # Unset: read from (or generated once into) `secret_key_file`, whose default is
+    # `notify-server.key` beside a SQLite database file, else
+    # $XDG_DATA_HOME/notify-server/secret.key. PostgreSQL deployments should set it.
     secret_key: str | None = None
-    secret_key_file: str = "notify-server.key"
+    secret_key_file: str | None = None
     # How long a verified Basic credential is remembered by one process.
     auth_cache_seconds: float = Field(default=30.0, ge=0)
     host: str = "127.0.0.1"
@@ -26,6 +37,18 @@ class Settings(BaseSettings):
     # One JSON line per request (method, route, status, duration, account, request id).
     access_log: bool = True
     metrics_enabled: bool = True
+    # /metrics needs `Authorization: Bearer <token>`; unset (or empty): the API port has no
+    # /metrics at all and the metrics port answers anyone.
+    metrics_token: str | None = None
+    # A listener of its own for /metrics and /healthz (scrapes never queue behind requests).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Default: `host`.
+    metrics_host: str | None = None
+    # Label bindings by service SID: exposes every account's service SIDs to the scraper.
+    metrics_per_service: bool = False
+    # Database gauges are read in the background this often; a scrape reads the last values.
+    metrics_refresh_seconds: float = Field(default=15.0, gt=0)
+    metrics_statement_timeout_seconds: float = Field(default=5.0, gt=0)
     # Per account and per process; 0 turns rate limiting off (the embedded default).
     rate_limit_per_second: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
@@ -39,18 +62,31 @@ class Settings(BaseSettings):
     delivery_lease_seconds: float = Field(default=30.0, gt=0)
     delivery_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_batch_size: int = Field(default=1000, ge=1, le=1000)
+    # Delivery callbacks: a slow or dead endpoint delays only its own account's callbacks.
+    callback_timeout_seconds: float = Field(default=5.0, gt=0)
+    callback_concurrency: int = Field(default=32, ge=1)
+    callback_concurrency_per_host: int = Field(default=4, ge=1)
+    # Private destinations a tenant's URLs may reach after all: comma-separated CIDRs and
+    # host names (e.g. "10.1.0.0/16,hooks.internal"). Empty: public addresses only.
+    outbound_allow: str = ""
     # Provider base URLs: configurable so tests run against local fakes.
     apns_production_url: str = "https://api.push.apple.com"
     apns_sandbox_url: str = "https://api.sandbox.push.apple.com"
     fcm_url: str = "https://fcm.googleapis.com"
-    # Overrides the service account's token_uri (tests point it at a fake).
-    fcm_token_url: str | None = None
+    # Where OAuth tokens for FCM are requested; never the uploaded key's own token_uri.
+    fcm_token_url: str = "https://oauth2.googleapis.com/token"
     # A Twilio-compatible Messages API for sms bindings; unset: the log channel.
     sms_base_url: str = "https://api.twilio.com"
     sms_account_sid: str | None = None
     sms_auth_token: str | None = None
     # Used when the Service has no MessagingServiceSid.
     sms_from: str | None = None
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _outbound_allow_parses(cls, value: str) -> str:
+        parse_allow_list(value)
+        return value
 
 
 @lru_cache

@@ -7,6 +7,7 @@ from types import NoneType
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     BeforeValidator,
@@ -102,6 +103,12 @@ def sid_pattern(prefix: str) -> str:
     return rf"^{prefix}[0-9a-fA-F]{{32}}$"
 
 
+def _lower_sid(value: str) -> str:
+    # Stored SIDs are lower-case; Twilio's patterns accept upper-case hex too, so a SID that
+    # is looked up is normalised here, at the edge.
+    return value[:2] + value[2:].lower()
+
+
 _HTTP_URL = TypeAdapter(AnyHttpUrl)
 
 
@@ -118,7 +125,10 @@ Boolean = Annotated[bool, BeforeValidator(_parse_bool)]
 # A callback URL: kept as the text given, checked to be an absolute http(s) URL.
 HttpUrl = Annotated[str, StringConstraints(max_length=2048), BeforeValidator(_check_http_url)]
 IsoDate = Annotated[date, BeforeValidator(_parse_date)]
-CredentialSid = Annotated[str, StringConstraints(pattern=sid_pattern("CR"))]
+CredentialSid = Annotated[
+    str, StringConstraints(pattern=sid_pattern("CR")), AfterValidator(_lower_sid)
+]
+# Never looked up here (it names a resource in Twilio's Messaging): kept as given.
 MessagingServiceSid = Annotated[str, StringConstraints(pattern=sid_pattern("MG"))]
 PageToken = Annotated[str, StringConstraints(max_length=64)]
 

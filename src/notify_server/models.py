@@ -4,6 +4,7 @@ from notify_server.accounts.models import Account, ApiKey
 from notify_server.bindings.models import Binding, BindingTag
 from notify_server.credentials.models import Credential
 from notify_server.db import Base
+from notify_server.deployment import Deployment
 from notify_server.notifications.models import Delivery, Notification
 from notify_server.services.models import Service
 
@@ -15,6 +16,7 @@ __all__ = [
     "BindingTag",
     "Credential",
     "Delivery",
+    "Deployment",
     "Notification",
     "Service",
 ]

@@ -4,6 +4,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import Connection, Engine
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +14,7 @@ from notify_server.crypto import SecretBox
 from notify_server.db import GroupCommit, Result
 from notify_server.errors import BodyTooLarge, InvalidParameter, NotFound
 from notify_server.forms import ListQuery
+from notify_server.outbound import DestinationRefused, OutboundPolicy
 from notify_server.paging import Page
 from notify_server.wire import FormData, is_sid, page_envelope
 
@@ -26,7 +29,8 @@ def path_sid(request: Request, name: str, prefix: str) -> str:
     value: str = request.path_params[name]
     if not is_sid(value, prefix):
         raise NotFound()
-    return value
+    # Stored SIDs are lower-case; Twilio's patterns accept upper-case hex too.
+    return prefix + value[2:].lower()
 
 
 def authenticate(request: Request) -> str:
@@ -50,16 +54,84 @@ async def read_form(request: Request) -> FormData:
             raise BodyTooLarge(limit)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         # curl -F sends this; the SDKs never do, so it may take the slower parser.
-        return await _parse_multipart(request, bytes(body))
+        return _parse_multipart(request.headers["content-type"], bytes(body))
     return _parse(bytes(body))
 
 
-async def _parse_multipart(request: Request, body: bytes) -> FormData:
-    async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
+def _parse_multipart(content_type: str, body: bytes) -> FormData:
+    """Driven here rather than through Starlette's form(), which decodes a field that is not
+    UTF-8 as Latin-1: python-multipart hands over the bytes, and such a field is refused."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise InvalidParameter("The request's multipart body has no boundary")
+    parts = _MultipartParts()
+    try:
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": parts.begin,
+                "on_part_data": parts.data,
+                "on_part_end": parts.end,
+                "on_header_field": parts.header_field,
+                "on_header_value": parts.header_value,
+                "on_header_end": parts.header_end,
+            },
+        )
+        parser.write(body)
+        parser.finalize()
+    except FormParserError:
+        raise InvalidParameter("The request's multipart body is malformed") from None
+    if parts.ended != len(parts.parts):
+        # Cut short: python-multipart does not complain, but the last part may be missing text.
+        raise InvalidParameter("The request's multipart body is malformed")
+    items = []
+    for disposition, data in parts.parts:
+        _, params = parse_options_header(disposition)
+        if b"filename" in params or b"filename*" in params:
+            continue  # an uploaded file: no parameter of ours is one
+        if b"name" not in params:
+            raise InvalidParameter("A part of the request's multipart body has no name")
+        try:
+            name = params[b"name"].decode()
+        except UnicodeDecodeError:
+            raise InvalidParameter("The request's parameters are not valid UTF-8") from None
+        try:
+            items.append((name, data.decode()))
+        except UnicodeDecodeError:
+            raise InvalidParameter(f"Parameter '{name}' is invalid: not valid UTF-8") from None
+    return FormData(items)
 
-    form = await Request(request.scope, replay).form()
-    return FormData((k, v) for k, v in form.multi_items() if isinstance(v, str))
+
+class _MultipartParts:
+    """Each part's Content-Disposition and raw bytes, as python-multipart calls back."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[bytes, bytearray]] = []
+        self.ended = 0
+        self._field = bytearray()
+        self._value = bytearray()
+
+    def begin(self) -> None:
+        self.parts.append((b"", bytearray()))
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def header_end(self) -> None:
+        if self._field.lower() == b"content-disposition":
+            self.parts[-1] = (bytes(self._value), self.parts[-1][1])
+        self._field.clear()
+        self._value.clear()
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        self.parts[-1][1].extend(data[start:end])
+
+    def end(self) -> None:
+        self.ended += 1
 
 
 def query(request: Request) -> FormData:
@@ -127,3 +199,14 @@ def page_response(
             previous_token=page.previous_token,
         )
     )
+
+
+def check_callback_url(request: Request, url: str | None) -> None:
+    """A callback URL a tenant gives must lead somewhere the outbound policy allows."""
+    if url is None:
+        return
+    policy: OutboundPolicy = request.app.state.outbound
+    try:
+        policy.check_url(url)
+    except DestinationRefused as refusal:
+        raise InvalidParameter(f"Parameter 'DeliveryCallbackUrl' is invalid: {refusal}") from None

@@ -109,13 +109,12 @@ class TestFetchBinding:
         assert response.status_code == 200
         assert response.json() == binding
 
-    def test_upper_case_hex_in_the_sid_is_not_the_binding(
-        self, client, account, service_sid, binding
-    ):
+    def test_upper_case_hex_in_the_sid_is_the_binding(self, client, account, service_sid, binding):
+        # Twilio's patterns accept either case (docs/behaviour.md): the hex is lower-cased.
         upper = "BS" + binding["sid"][2:].upper()
         response = fetch(client, account, service_sid, upper)
-        assert response.status_code == 404
-        assert response.json() == not_found(f"/Services/{service_sid}/Bindings/{upper}")
+        assert response.status_code == 200
+        assert response.json() == binding
 
     def test_unknown_binding(self, client, account, service_sid, binding):
         response = fetch(client, account, service_sid, UNKNOWN_BINDING)

@@ -51,6 +51,7 @@ DELIVERY_KEYS = {
     "provider_status",
     "provider_response",
     "error_message",
+    "callback_error",
     "date_created",
     "date_updated",
 }

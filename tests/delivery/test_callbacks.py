@@ -3,23 +3,15 @@ most callback_batch_size, IsFinal on the last, X-Twilio-Signature checked with t
 twilio RequestValidator, which URL is used, and a receiver's 500 answered by a later retry."""
 
 import json
-import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, Table, select, update
-from starlette.applications import Starlette
 from starlette.datastructures import ImmutableMultiDict
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
 from notify_server.app import create_app
@@ -28,7 +20,7 @@ from notify_server.crypto import SecretBox
 from notify_server.notifications.models import Delivery, Notification
 from notify_server.wire import utcnow
 from tests.factories import Account, make_account, make_binding, make_service
-from tests.servers import free_port
+from tests.support.receiver import Post, Receiver, serve_receiver
 
 notifications: Table = Notification.__table__  # type: ignore[assignment]
 deliveries: Table = Delivery.__table__  # type: ignore[assignment]
@@ -53,74 +45,10 @@ STATE_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class Post:
-    url: str
-    headers: dict[str, str]
-    items: list[tuple[str, str]]
-    status: int
-
-    @property
-    def form(self) -> ImmutableMultiDict:
-        return ImmutableMultiDict(self.items)
-
-    def one(self, name: str) -> str:
-        [value] = self.form.getlist(name)
-        return value
-
-    @property
-    def states(self) -> list[dict]:
-        return [json.loads(value) for value in self.form.getlist("DeliveryState")]
-
-
-@dataclass
-class Receiver:
-    """Records every form POST by path; answers 500 to the post numbers listed in `failing`."""
-
-    base_url: str = ""
-    posts: dict[str, list[Post]] = field(default_factory=dict)
-    failing: dict[str, set[int]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle(self, request: Request) -> Response:
-        form = await request.form()
-        items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-        path = request.url.path
-        with self.lock:
-            received = self.posts.setdefault(path, [])
-            status = 500 if len(received) + 1 in self.failing.get(path, set()) else 200
-            received.append(Post(str(request.url), dict(request.headers), items, status))
-        return Response(status_code=status)
-
-    def new_url(self, *, fail: set[int] = frozenset()) -> str:  # type: ignore[assignment]
-        path = f"/callbacks/{uuid.uuid4().hex}"
-        self.failing[path] = set(fail)
-        return f"{self.base_url}{path}?token=abc&x=%2Fy"
-
-    def received(self, url: str) -> list[Post]:
-        path = url.removeprefix(self.base_url).split("?")[0]
-        with self.lock:
-            return list(self.posts.get(path, []))
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    recorder = Receiver()
-    app = Starlette(routes=[Route("/callbacks/{rest:path}", recorder.handle, methods=["POST"])])
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.01)
-    recorder.base_url = f"http://127.0.0.1:{port}"
-    yield recorder
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_receiver() as recorder:
+        yield recorder
 
 
 @pytest.fixture

@@ -13,9 +13,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from notify_server.app import create_app
 from notify_server.config import Settings
+from notify_server.credentials.models import Credential
+from notify_server.crypto import SecretBox
 from tests.delivery.fake_fcm import (
     FakeFcm,
     Reply,
@@ -25,6 +28,8 @@ from tests.delivery.fake_fcm import (
 )
 from tests.factories import Account, make_binding, make_credential, make_service
 from tests.servers import free_port
+
+credentials = Credential.__table__
 
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -246,6 +251,7 @@ class TestFcmMessage:
                 "provider_status": 200,
                 "provider_response": json.dumps({"name": name}, separators=(",", ":")),
                 "error_message": None,
+                "callback_error": None,
             }
         ]
 
@@ -326,21 +332,61 @@ class TestFcmAccessToken:
         assert before - 5 <= claims["iat"] <= time.time() + 5
         assert claims["exp"] == claims["iat"] + 3600
 
-    def test_without_a_configured_token_url_the_key_files_token_uri(
+    def test_the_key_files_token_uri_is_never_followed(
         self, settings, engine, account, fake, rsa_keys
     ):
-        token_uri = f"{fake.url}/oauth2/token"
-        sa = service_account(rsa_keys[0], "proj-one", token_uri=token_uri)
-        fake.register(sa)
-        with app_client(settings, fcm_url=fake.url, fcm_token_url=None) as client:
+        # The uploaded JSON is the tenant's: its token_uri pointed at an internal service
+        # would have received our signed assertion, and its answer shown to the tenant.
+        internal = f"{fake.url}/internal/anything"
+        sa = service_account(rsa_keys[0], "proj-one", token_uri=internal)
+        fake.register({**sa, "token_uri": GOOGLE_TOKEN_URI})
+        with app_client(settings, fcm_url=fake.url, fcm_token_url=fake.token_url) as client:
             service_sid = fcm_service(client, account, sa)
             fcm_binding(client, account, service_sid, "tok-alice")
 
             [row] = delivered(client, account, service_sid, Identity="alice", Body="x")
 
         assert row["status"] == "sent"
-        assert [r.path for r in fake.token_requests] == ["/oauth2/token"]
-        assert fake.assertions[0]["aud"] == token_uri
+        assert [r.path for r in fake.token_requests] == ["/token"]
+        assert fake.assertions[0]["aud"] == GOOGLE_TOKEN_URI
+
+    def test_by_default_tokens_come_from_google(self):
+        assert Settings().fcm_token_url == GOOGLE_TOKEN_URI
+
+    @pytest.mark.parametrize(
+        "project_id", ["../../../admin/x?y=1#", "proj-one/../x", "Proj-One", "p", "proj one"]
+    )
+    def test_a_project_id_that_is_not_googles_is_never_sent(
+        self, settings, engine, account, fake, rsa_keys, project_id
+    ):
+        sa = service_account(rsa_keys[0], "proj-one")
+        fake.register(sa)
+        stored = {**sa, "project_id": project_id}
+        with app_client(settings, fcm_url=fake.url, fcm_token_url=fake.token_url) as client:
+            credential = client.post(
+                "/v1/Credentials",
+                auth=account.auth,
+                data={"Type": "fcm", "ServiceAccount": json.dumps(stored)},
+            )
+            # Refused when uploaded; a key stored before that rule is refused when sending.
+            assert credential.status_code == 400, credential.text
+            assert "project_id" in credential.json()["message"]
+            service_sid = fcm_service(client, account, sa)
+            with engine.begin() as conn:
+                conn.execute(
+                    update(credentials).values(
+                        encrypted_secrets=SecretBox(settings.secret_key, "unused").seal(
+                            {"service_account": json.dumps(stored)}
+                        )
+                    )
+                )
+            fcm_binding(client, account, service_sid, "tok-alice")
+
+            [row] = delivered(client, account, service_sid, Identity="alice", Body="x")
+
+        assert row["status"] == "failed"
+        assert "project_id is not a Google project id" in row["error_message"]
+        assert fake.sends == [] and fake.token_requests == []
 
     def test_one_token_serves_many_deliveries(self, client, account, fake, account_one):
         service_sid = fcm_service(client, account, account_one)
@@ -404,7 +450,7 @@ class TestFcmAccessToken:
         assert (row["status"], row["attempts"]) == ("failed", 1)
         assert row["error_message"] == (
             "FCM OAuth token request for firebase-adminsdk@proj-one.iam.gserviceaccount.com"
-            " failed (400): Invalid JWT Signature."
+            " failed (400): invalid_grant: Invalid JWT Signature."
         )
         assert fake.sends == []
         assert binding_exists(client, account, service_sid, binding["sid"])
@@ -424,7 +470,7 @@ class TestFcmAccessToken:
         assert (row["status"], row["error_message"]) == (
             "failed",
             "FCM OAuth token request for firebase-adminsdk@proj-one.iam.gserviceaccount.com"
-            " failed (400): Invalid JWT Signature.",
+            " failed (400): invalid_grant: Invalid JWT Signature.",
         )
         assert [r.json()["message"]["token"] for r in fake.sends] == ["tok-genuine"]
 
@@ -677,6 +723,7 @@ class TestFcmCredentials:
             "provider_status": None,
             "provider_response": None,
             "error_message": LEGACY_MESSAGE.format(sid=credential["sid"]),
+            "callback_error": None,
         }
         assert fake.requests == []
         assert binding_exists(client, account, service_sid, binding["sid"])
@@ -745,6 +792,7 @@ class TestFcmAnswers:
             "provider_status": reply.status,
             "provider_response": json.dumps(reply.body, separators=(",", ":")),
             "error_message": message,
+            "callback_error": None,
         }
         assert by_address["tok-alive"]["status"] == "sent"
         assert not binding_exists(client, account, service_sid, dead["sid"])

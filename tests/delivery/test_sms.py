@@ -111,6 +111,7 @@ class TestSmsMessage:
                 "provider_status": 201,
                 "provider_response": rows[0]["provider_response"],
                 "error_message": None,
+                "callback_error": None,
             }
         ]
         assert json.loads(rows[0]["provider_response"])["sid"] == sid
@@ -265,6 +266,7 @@ class TestSmsAnswers:
             "provider_status": 400,
             "provider_response": json.dumps(reply.body, separators=(",", ":")),
             "error_message": f"SMS API 400 error {code}: {message}",
+            "callback_error": None,
         }
         assert by_address[BOB]["status"] == "sent"
         assert not binding_exists(client, account, service_sid, dead["sid"])

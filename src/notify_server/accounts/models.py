@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import BigInteger, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from notify_server.db import Base, RowId
@@ -16,6 +16,8 @@ class Account(Base):
     auth_token_hash: Mapped[str] = mapped_column(String(64))
     # The token itself, encrypted: delivery callbacks are signed with it, as Twilio signs.
     auth_token_sealed: Mapped[str | None] = mapped_column(Text)
+    # Where the account's next notification starts in the fair delivery queue.
+    fair_clock: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     date_created: Mapped[datetime]
     date_updated: Mapped[datetime]
 

@@ -1,10 +1,11 @@
-import json
+import re
 from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from notify_server.forms import Boolean, Form, Text64, Text256
+from notify_server.json_input import read_json
 from notify_server.wire import format_date
 
 CredentialType = Literal["gcm", "apn", "fcm"]
@@ -23,6 +24,12 @@ SECRET_FIELDS = (
     "service_account",
 )
 _SERVICE_ACCOUNT_KEYS = ("project_id", "client_email", "private_key")
+# Google's project-id rules (6-30 characters: lower-case letters, digits, hyphens; a letter
+# first, no hyphen last), with the legacy domain-scoped form "example.com:my-project". It
+# goes into the FCM send URL's path.
+GOOGLE_PROJECT_ID = re.compile(
+    r"(?:[a-z0-9][a-z0-9.-]{0,61}[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]"
+)
 
 
 class CredentialUpdateForm(Form):
@@ -43,15 +50,17 @@ class CredentialUpdateForm(Form):
     def service_account_is_json(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            raise ValueError("must be a service account JSON key file") from None
+        # Its InvalidJson is a ValueError: pydantic reports it under 'ServiceAccount'.
+        parsed = read_json(value)
         if not isinstance(parsed, dict) or not all(parsed.get(k) for k in _SERVICE_ACCOUNT_KEYS):
             raise ValueError(
                 "must be a service account JSON key file with project_id, client_email and"
                 " private_key"
             )
+        if not isinstance(parsed["project_id"], str) or not GOOGLE_PROJECT_ID.fullmatch(
+            parsed["project_id"]
+        ):
+            raise ValueError("its project_id is not a Google project id")
         return value
 
     @field_validator("token_key")

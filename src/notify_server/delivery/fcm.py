@@ -2,9 +2,12 @@
 binding types go through FCM v1).
 
 Authentication: the credential's ServiceAccount (the Firebase service-account JSON key) signs
-an RS256 JWT assertion {iss: client_email, scope: firebase.messaging, aud: token_uri, iat,
-exp: iat + 3600}, exchanged at the token endpoint (NOTIFY_FCM_TOKEN_URL, else the key's
-token_uri) for an OAuth2 access token, cached per client_email (and private key: another
+an RS256 JWT assertion {iss: client_email, scope: firebase.messaging, aud: Google's token URI,
+iat, exp: iat + 3600}, exchanged at NOTIFY_FCM_TOKEN_URL (Google's by default) for an OAuth2
+access token. The key's own token_uri is never followed: it is the tenant's text, and posting a
+signed assertion wherever it points would let any account make us call its chosen address and
+read the answer back. project_id must be a Google project id and is percent-encoded into the
+send URL. The access token is cached per client_email (and private key: another
 account's credential naming the same client_email must prove the key itself) until shortly
 before it expires. Twilio's legacy credentials (ApiKey / Secret: a Firebase "server key")
 cannot send any more: Google shut the legacy API down in 2024, so such a delivery fails
@@ -56,7 +59,9 @@ import httpx
 import jwt
 
 from notify_server.config import Settings
+from notify_server.credentials.schemas import GOOGLE_PROJECT_ID
 from notify_server.delivery.channels import Job, Outcome, Result
+from notify_server.wire import quote_segment
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -65,6 +70,8 @@ ASSERTION_LIFETIME = 3600
 # Renew a cached access token this long before Google says it expires.
 TOKEN_MARGIN_SECONDS = 300
 MAX_RESPONSE_CHARS = 2000
+# What of the token endpoint's answer is shown in a delivery's error_message.
+MAX_DETAIL_CHARS = 200
 
 _TWILIO_DATA_KEYS = (
     ("body", "twi_body"),
@@ -115,7 +122,7 @@ class FcmChannel:
             return Result(Outcome.FAILED, error_message=str(error))
         except _TransientError as error:
             return Result(Outcome.RETRY, error_message=str(error))
-        url = f"{self._base_url}/v1/projects/{account['project_id']}/messages:send"
+        url = f"{self._base_url}/v1/projects/{quote_segment(account['project_id'])}/messages:send"
         try:
             response = await self._client.post(
                 url, json=request, headers={"Authorization": f"Bearer {token}"}
@@ -144,15 +151,12 @@ class FcmChannel:
             return token
 
     async def _exchange(self, account: dict[str, str]) -> tuple[str, float]:
-        # The assertion names the key's own token_uri; a configured token URL only changes
-        # where it is posted (a fake, or a proxy in front of Google).
-        token_uri = account.get("token_uri") or DEFAULT_TOKEN_URI
-        token_url = self._token_url or token_uri
         now = int(time.time())
         claims = {
             "iss": account["client_email"],
             "scope": SCOPE,
-            "aud": token_uri,
+            # Google's endpoint even when NOTIFY_FCM_TOKEN_URL is a proxy (or a test's fake).
+            "aud": DEFAULT_TOKEN_URI,
             "iat": now,
             "exp": now + ASSERTION_LIFETIME,
         }
@@ -165,7 +169,7 @@ class FcmChannel:
             ) from None
         try:
             response = await self._client.post(
-                token_url, data={"grant_type": GRANT_TYPE, "assertion": assertion}
+                self._token_url, data={"grant_type": GRANT_TYPE, "assertion": assertion}
             )
         except httpx.HTTPError as error:
             raise _TransientError(f"FCM OAuth token endpoint unreachable: {error!r}") from None
@@ -176,7 +180,10 @@ class FcmChannel:
         if response.status_code != 200 or not isinstance(token, str) or not token:
             detail = ""
             if isinstance(body, dict):
-                detail = str(body.get("error_description") or body.get("error") or "")
+                # OAuth's error code and a short description, never the whole body.
+                code, description = body.get("error"), body.get("error_description")
+                detail = ": ".join(str(v) for v in (code, description) if isinstance(v, str))
+                detail = detail[:MAX_DETAIL_CHARS]
             raise FcmError(
                 f"FCM OAuth token request for {account['client_email']} failed"
                 f" ({response.status_code}){': ' + detail if detail else ''}"
@@ -210,7 +217,7 @@ def _service_account(job: Job) -> dict[str, str]:
         )
     try:
         account = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         account = None
     if not isinstance(account, dict) or not all(
         isinstance(account.get(k), str) and account.get(k)
@@ -219,6 +226,10 @@ def _service_account(job: Job) -> dict[str, str]:
         raise FcmError(
             f"Credential {credential.sid}'s ServiceAccount is not a service-account JSON key"
             " with project_id, client_email and private_key"
+        )
+    if not GOOGLE_PROJECT_ID.fullmatch(account["project_id"]):
+        raise FcmError(
+            f"Credential {credential.sid}'s ServiceAccount project_id is not a Google project id"
         )
     return account
 

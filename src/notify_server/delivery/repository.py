@@ -22,6 +22,7 @@ from sqlalchemy import (
 from notify_server.accounts.models import Account
 from notify_server.bindings.models import Binding
 from notify_server.credentials.models import Credential
+from notify_server.notifications.models import FRESH, LEASED, RETRY
 from notify_server.notifications.repository import (
     FAILED,
     FINAL,
@@ -39,17 +40,35 @@ accounts = cast(Table, Account.__table__)
 bindings = cast(Table, Binding.__table__)
 
 
-# Built once. Each status in its index's order: `status IN (pending, sending)` with ORDER BY
+# Built once, each on its own index: `status IN (pending, sending)` with ORDER BY
 # next_attempt_at, id made both databases sort every due row on each claim (on PostgreSQL an
 # external merge sort, 39 ms at 92,000 due rows; 0.7 ms this way).
-_DUE = {
-    status: select(deliveries.c.id)
-    .where(deliveries.c.status == status, deliveries.c.next_attempt_at <= bindparam("now"))
+_EXPIRED = (
+    select(deliveries.c.id)
+    .where(LEASED, deliveries.c.next_attempt_at <= bindparam("now"))
     .order_by(deliveries.c.next_attempt_at)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
-    for status in (PENDING, SENDING)
-}
+)
+_RETRIES = (
+    select(deliveries.c.id)
+    .where(RETRY, deliveries.c.next_attempt_at <= bindparam("now"))
+    .order_by(deliveries.c.next_attempt_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+# First attempts in fair order: each account's rows carry consecutive keys starting at the
+# queue's head when it posts (see notifications/repository.fair_start), so one account's
+# 100,000 targets interleave with another's single target instead of going first.
+_FRESH = (
+    select(deliveries.c.id)
+    # In production first attempts are due when written; the index carries the column, so
+    # the rare one that is not costs no table read.
+    .where(FRESH, deliveries.c.next_attempt_at <= bindparam("now"))
+    .order_by(deliveries.c.fair_key, deliveries.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
 _TAKE = (
     update(deliveries)
     .where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
@@ -64,11 +83,23 @@ _TAKE = (
 
 def claim(conn: Connection, *, now: datetime, lease_until: datetime, limit: int) -> list[Row]:
     """Take up to `limit` due rows: sending ones whose lease ran out (their worker died) first,
-    so they are never starved, then pending ones. SKIP LOCKED lets several workers share
-    PostgreSQL without double delivery; on SQLite the write transaction itself is exclusive."""
-    ids = list(conn.execute(_DUE[SENDING], {"now": now, "limit": limit}).scalars())
+    so they are never starved; then retries and first attempts, half the batch each when both
+    wait, so neither a wave of retries nor a large fan-out holds up the other. SKIP LOCKED
+    lets several workers share PostgreSQL without double delivery; on SQLite the write
+    transaction itself is exclusive."""
+    ids = list(conn.execute(_EXPIRED, {"now": now, "limit": limit}).scalars())
     if len(ids) < limit:
-        ids += conn.execute(_DUE[PENDING], {"now": now, "limit": limit - len(ids)}).scalars()
+        retries = list(
+            conn.execute(_RETRIES, {"now": now, "limit": max((limit - len(ids)) // 2, 1)}).scalars()
+        )
+        ids += retries
+        ids += conn.execute(_FRESH, {"now": now, "limit": limit - len(ids)}).scalars()
+        if len(ids) < limit and retries:
+            # Few first attempts wait: retries may have the rest (this reads the ones just
+            # taken again, as a transaction's own locks do not skip it).
+            taken = set(retries)
+            more = conn.execute(_RETRIES, {"now": now, "limit": limit - len(ids) + len(taken)})
+            ids += [i for i in more.scalars() if i not in taken]
     if not ids:
         return []
     conn.execute(_TAKE, {"ids": ids, "now": now, "lease_until": lease_until})
@@ -181,21 +212,42 @@ def delete_binding(conn: Connection, binding_id: int) -> None:
 # Delivery callbacks
 
 
-def notifications_to_report(conn: Connection, now: datetime, limit: int) -> list[int]:
-    """Notifications with final rows not yet reported, skipping those whose callbacks are
-    leased (being sent, or waiting to retry after a refusal): they must not starve the rest."""
+def notifications_to_report(conn: Connection, now: datetime, limit: int) -> list[Row]:
+    """(id, delivery_callback_url) of notifications with final rows not yet reported,
+    skipping those whose callbacks are leased (being sent, or waiting to retry after a
+    refusal): they must not starve the rest."""
     free = (notifications.c.callback_locked_until.is_(None)) | (
         notifications.c.callback_locked_until < now
     )
-    statement = (
+    due = (
         select(deliveries.c.notification_id)
         .join(notifications, notifications.c.id == deliveries.c.notification_id)
         .where(deliveries.c.reported.is_(False), deliveries.c.status.in_(FINAL), free)
         .distinct()
         .order_by(deliveries.c.notification_id)
         .limit(limit)
+        .subquery()
     )
-    return [row.notification_id for row in conn.execute(statement)]
+    statement = (
+        select(notifications.c.id, notifications.c.delivery_callback_url)
+        .join(due, due.c.notification_id == notifications.c.id)
+        .order_by(notifications.c.id)
+    )
+    return list(conn.execute(statement))
+
+
+def postpone_callbacks(
+    conn: Connection, notification_ids: Sequence[int], now: datetime, until: datetime
+) -> None:
+    """Leave these for a moment (their destination is busy), unless someone holds them."""
+    free = (notifications.c.callback_locked_until.is_(None)) | (
+        notifications.c.callback_locked_until < now
+    )
+    conn.execute(
+        update(notifications)
+        .where(notifications.c.id.in_(notification_ids), free)
+        .values(callback_locked_until=until)
+    )
 
 
 def lease_callback(conn: Connection, notification_id: int, now: datetime, until: datetime) -> bool:
@@ -255,10 +307,14 @@ def finish_callback(
     *,
     next_sequence: int,
     release_at: datetime | None,
+    error: str | None = None,
 ) -> None:
+    """The batch's rows are reported: delivered, or (with `error`) given up on."""
     if delivery_ids:
         conn.execute(
-            update(deliveries).where(deliveries.c.id.in_(delivery_ids)).values(reported=True)
+            update(deliveries)
+            .where(deliveries.c.id.in_(delivery_ids))
+            .values(reported=True, callback_error=error)
         )
     conn.execute(
         update(notifications)

@@ -20,6 +20,7 @@ from notify_server.delivery.callbacks import CallbackReporter
 from notify_server.delivery.channel_set import ChannelSet
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
 from notify_server.metrics import Metrics
+from notify_server.outbound import OutboundPolicy
 from notify_server.wire import utcnow_precise
 
 log = logging.getLogger("notify_server.delivery")
@@ -42,13 +43,16 @@ class DeliveryWorker:
         box: SecretBox,
         channels: ChannelSet | None = None,
         metrics: Metrics | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         self._engine = engine
         self._box = box
         self._settings = settings
         self._channels = channels or ChannelSet(settings)
         self._metrics = metrics
-        self._callbacks = CallbackReporter(engine, settings, box)
+        self._callbacks = CallbackReporter(
+            engine, settings, box, outbound or OutboundPolicy(settings.outbound_allow)
+        )
         self._wake_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -65,6 +69,14 @@ class DeliveryWorker:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
+        # Callbacks go to tenants' endpoints: they run beside delivery, never in its way.
+        callbacks = asyncio.create_task(self._callbacks.run())
+        try:
+            await self._deliver_due()
+        finally:
+            callbacks.cancel()
+
+    async def _deliver_due(self) -> None:
         concurrency = self._settings.worker_concurrency
         while not self._stopping:
             free = concurrency - len(self._in_flight)
@@ -80,7 +92,6 @@ class DeliveryWorker:
                 self._in_flight[row.id] = task
                 task.add_done_callback(functools.partial(self._finished, row.id))
             self._renew_leases()
-            await self._callbacks.report_due()
             if busy or len(self._in_flight) >= concurrency:
                 await asyncio.wait(
                     self._in_flight.values(),
@@ -129,7 +140,7 @@ class DeliveryWorker:
         if self._in_flight:
             await asyncio.wait(self._in_flight.values(), timeout=timeout)
         await self._channels.aclose()
-        await self._callbacks.aclose()
+        await self._callbacks.stop(timeout)
 
     def _claim(self, limit: int) -> list[Row]:
         if limit <= 0:

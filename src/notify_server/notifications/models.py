@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from notify_server.db import Base, RowId
@@ -23,17 +23,46 @@ class Notification(Base):
     date_created: Mapped[datetime]
 
 
+# Literal SQL, not bound parameters: only then can either database match a query to a
+# partial index.
+FRESH = text("status = 'pending' AND attempts = 0")
+RETRY = text("status = 'pending' AND attempts > 0")
+LEASED = text("status = 'sending'")
+
+
 class Delivery(Base):
     """The outbox: one row per target, written in the request's transaction."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        # Workers claim due rows: pending ones, and sending ones whose lease ran out.
-        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_deliveries_notification_id_id", "notification_id", "id"),
         # Delivery callbacks look for final rows not yet reported. Rows of a notification
         # without a callback URL are born reported, so they never show up here.
         Index("ix_deliveries_reported_status", "reported", "status", "notification_id"),
+        # Workers claim first attempts in fair order (see delivery/repository.py), retries
+        # when due, and sending rows whose lease ran out. One partial index each, so no scan
+        # passes over another's rows, and none that SQLite's planner, which keeps no
+        # statistics, could take instead of the right one.
+        Index(
+            "ix_deliveries_fresh",
+            "fair_key",
+            "id",
+            "next_attempt_at",
+            sqlite_where=FRESH,
+            postgresql_where=FRESH,
+        ),
+        Index(
+            "ix_deliveries_retry",
+            "next_attempt_at",
+            sqlite_where=RETRY,
+            postgresql_where=RETRY,
+        ),
+        Index(
+            "ix_deliveries_sending",
+            "next_attempt_at",
+            sqlite_where=LEASED,
+            postgresql_where=LEASED,
+        ),
     )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True)
@@ -55,12 +84,15 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     # When a pending row is due, or when a sending row's lease runs out.
     next_attempt_at: Mapped[datetime]
+    # The row's place in its account's share of the delivery queue (virtual time).
+    fair_key: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     expires_at: Mapped[datetime]
     provider_message_id: Mapped[str | None] = mapped_column(String(256))
     provider_status: Mapped[int | None]
     provider_response: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
-    # Whether a delivery callback has reported this row's final state.
+    # Whether a delivery callback has reported this row's final state; or why it never will.
     reported: Mapped[bool] = mapped_column(default=False)
+    callback_error: Mapped[str | None] = mapped_column(Text)
     date_created: Mapped[datetime]
     date_updated: Mapped[datetime]

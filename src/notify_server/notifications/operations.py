@@ -57,6 +57,7 @@ def create_notification(
         },
     )
     expires_at = now + timedelta(seconds=form.ttl)
+    fair_start = repository.fair_start(conn, account_sid)
     if targets:
         count = repository.fan_out_to_addresses(
             conn,
@@ -66,6 +67,7 @@ def create_notification(
             now=now,
             expires_at=expires_at,
             reported=reported,
+            fair_start=fair_start,
         )
     elif form.identities or form.tags:
         binding_types, stored_tags = split_tags(form.tags)
@@ -76,10 +78,18 @@ def create_notification(
             binding_types=binding_types,
         )
         count = repository.fan_out_to_bindings(
-            conn, notification_id, conditions, now=now, expires_at=expires_at, reported=reported
+            conn,
+            notification_id,
+            conditions,
+            now=now,
+            expires_at=expires_at,
+            reported=reported,
+            fair_start=fair_start,
         )
     else:
         count = 0
+    if count:
+        repository.advance_fair_clock(conn, account_sid, fair_start + count)
     return NotificationRecord(sid, account_sid, service_sid, now, content, count)
 
 

@@ -12,13 +12,16 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    func,
     insert,
     literal,
     select,
+    update,
 )
 
+from notify_server.accounts.models import Account
 from notify_server.bindings import repository as bindings_repository
-from notify_server.notifications.models import Delivery, Notification
+from notify_server.notifications.models import FRESH, Delivery, Notification
 from notify_server.paging import keyset
 from notify_server.services.models import Service
 
@@ -26,6 +29,7 @@ notifications = cast(Table, Notification.__table__)
 deliveries = cast(Table, Delivery.__table__)
 bindings = bindings_repository.bindings
 services = cast(Table, Service.__table__)
+accounts = cast(Table, Account.__table__)
 
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
 FINAL = (SENT, FAILED)
@@ -33,8 +37,38 @@ FINAL = (SENT, FAILED)
 _FAN_OUT_COLUMNS = (
     "notification_id", "service_id", "binding_id", "binding_sid", "identity", "binding_type",
     "address", "credential_sid", "status", "attempts", "next_attempt_at", "expires_at",
-    "reported", "date_created", "date_updated",
+    "reported", "date_created", "date_updated", "fair_key",
 )  # fmt: skip
+
+# Fair delivery across accounts (start-time fair queueing, one flow per account): an
+# account's new rows get consecutive keys from max(its own clock, the queue's head). The head
+# is the lowest key still waiting; with nothing waiting, every clock is behind it.
+_ACCOUNT_CLOCK = (
+    select(accounts.c.fair_clock)
+    .where(accounts.c.sid == bindparam("account_sid"))
+    .with_for_update()
+)
+_QUEUE_HEAD = select(func.min(deliveries.c.fair_key)).where(FRESH)
+_LATEST_CLOCK = select(func.max(accounts.c.fair_clock))
+_ADVANCE_CLOCK = (
+    update(accounts)
+    .where(accounts.c.sid == bindparam("account_sid"))
+    .values(fair_clock=bindparam("end"))
+)
+
+
+def fair_start(conn: Connection, account_sid: str) -> int:
+    """Where the account's next rows start in the queue. Locks the account's row on
+    PostgreSQL until the transaction ends, so its notifications queue one after another."""
+    clock = conn.execute(_ACCOUNT_CLOCK, {"account_sid": account_sid}).scalar_one_or_none() or 0
+    head = conn.execute(_QUEUE_HEAD).scalar()
+    if head is None:
+        head = conn.execute(_LATEST_CLOCK).scalar() or 0
+    return max(clock, head)
+
+
+def advance_fair_clock(conn: Connection, account_sid: str, end: int) -> None:
+    conn.execute(_ADVANCE_CLOCK, {"account_sid": account_sid, "end": end})
 
 
 def insert_notification(conn: Connection, values: dict) -> int:
@@ -51,6 +85,7 @@ def fan_out_to_bindings(
     now: datetime,
     expires_at: datetime,
     reported: bool,
+    fair_start: int,
 ) -> int:
     """One outbox row per matching binding, in a single INSERT ... SELECT."""
     matching = select(
@@ -69,8 +104,11 @@ def fan_out_to_bindings(
         literal(reported),
         literal(now),
         literal(now),
+        literal(fair_start) + func.row_number().over(),
     ).where(and_(*conditions))
-    result = conn.execute(insert(deliveries).from_select(_FAN_OUT_COLUMNS, matching))
+    statement = insert(deliveries).from_select(_FAN_OUT_COLUMNS, matching)
+    # Without preserve_rowcount SQLAlchemy 2.1 reports -1 for an INSERT ... SELECT on psycopg.
+    result = conn.execute(statement.execution_options(preserve_rowcount=True))
     return result.rowcount
 
 
@@ -83,6 +121,7 @@ def fan_out_to_addresses(
     now: datetime,
     expires_at: datetime,
     reported: bool,
+    fair_start: int,
 ) -> int:
     """One outbox row per ToBinding (binding type, address)."""
     if not targets:
@@ -104,8 +143,9 @@ def fan_out_to_addresses(
             "reported": reported,
             "date_created": now,
             "date_updated": now,
+            "fair_key": fair_start + position,
         }
-        for binding_type, address in targets
+        for position, (binding_type, address) in enumerate(targets, 1)
     ]
     conn.execute(insert(deliveries), rows)
     return len(rows)

@@ -19,6 +19,7 @@ async def create_notification(request: Request) -> Response:
     service_sid = web.path_sid(request, "service_sid", "IS")
     account_sid = web.authenticate(request)
     form = NotificationForm.parse(await web.read_form(request))
+    web.check_callback_url(request, form.delivery_callback_url)
     with transaction(web.engine(request), write=True) as conn:
         notification = operations.create_notification(conn, account_sid, service_sid, form)
     if notification.deliveries:

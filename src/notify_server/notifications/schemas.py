@@ -1,4 +1,3 @@
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -13,6 +12,7 @@ from pydantic import (
 from notify_server.bindings.schemas import E164, BindingType, Identity, Tag
 from notify_server.errors import InvalidParameter
 from notify_server.forms import Form, HttpUrl, Text4096
+from notify_server.json_input import InvalidJson, read_json
 from notify_server.wire import format_date
 
 MAX_IDENTITIES = 20
@@ -30,10 +30,10 @@ _RESERVED_PREFIX = "twi_"
 def _json_object(value: Any) -> Any:
     if value is None or value == "":
         return None
-    try:
-        parsed = json.loads(value)
-    except (TypeError, ValueError):
-        raise ValueError("must be a JSON object") from None
+    if not isinstance(value, str):
+        raise ValueError("must be a JSON object")
+    # Its InvalidJson is a ValueError: pydantic reports it under the parameter's name.
+    parsed = read_json(value)
     if not isinstance(parsed, dict):
         raise ValueError("must be a JSON object")
     return parsed
@@ -119,7 +119,9 @@ class NotificationForm(Form):
         parsed = []
         for raw in self.to_bindings:
             try:
-                target = _TO_BINDING.validate_json(raw)
+                target = _TO_BINDING.validate_python(read_json(raw))
+            except InvalidJson as exc:
+                raise InvalidParameter(f"Parameter 'ToBinding' is invalid: {exc}") from None
             except ValueError:
                 raise InvalidParameter(
                     "Parameter 'ToBinding' is invalid: each value must be a JSON object with"
@@ -209,6 +211,8 @@ class DeliveryResource(BaseModel):
     provider_status: int | None
     provider_response: str | None
     error_message: str | None
+    # Why no delivery callback reports this row (e.g. the URL leads to a private address).
+    callback_error: str | None
     date_created: str
     date_updated: str
 
@@ -226,6 +230,7 @@ class DeliveryResource(BaseModel):
             provider_status=delivery.provider_status,
             provider_response=delivery.provider_response,
             error_message=delivery.error_message,
+            callback_error=delivery.callback_error,
             date_created=format_date(delivery.date_created),
             date_updated=format_date(delivery.date_updated),
         ).model_dump()

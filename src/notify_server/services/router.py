@@ -13,6 +13,7 @@ from notify_server.services.schemas import ServiceForm, ServiceListQuery, Servic
 async def create_service(request: Request) -> Response:
     account_sid = web.authenticate(request)
     form = ServiceForm.parse(await web.read_form(request))
+    web.check_callback_url(request, form.delivery_callback_url)
     with transaction(web.engine(request), write=True) as conn:
         service = operations.create_service(conn, account_sid, form)
     return web.json_response(ServiceResource.render(service, web.base_url(request)), 201)
@@ -45,6 +46,7 @@ async def update_service(request: Request) -> Response:
     sid = web.path_sid(request, "sid", "IS")
     account_sid = web.authenticate(request)
     form = ServiceForm.parse(await web.read_form(request))
+    web.check_callback_url(request, form.delivery_callback_url)
     with transaction(web.engine(request), write=True) as conn:
         service = operations.update_service(conn, account_sid, sid, form)
     return web.json_response(ServiceResource.render(service, web.base_url(request)))
