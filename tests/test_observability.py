@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, Table, func, select
+from sqlalchemy import Engine, Table, func, select, text
 
+from notify_server import migrate
 from notify_server.app import create_app
 from notify_server.db import make_engine
 from notify_server.models import Base
@@ -454,6 +455,36 @@ class TestReadiness:
         response = client.get("/readyz", auth=(account.sid, "wrong"))
         assert response.status_code == 200
 
+    def test_not_ready_while_the_schema_is_behind(self, settings, engine, tmp_path):
+        # A database a migration behind, then one whose migration record has gone: never
+        # ready, and it says why.
+        url = f"sqlite:///{tmp_path / 'behind.db'}"
+        migrate.upgrade(url, "0002")
+        app = create_app(settings.model_copy(update={"database_url": url, "worker_enabled": False}))
+        with TestClient(app, raise_server_exceptions=False) as client:
+            behind = client.get("/readyz")
+            migrate.upgrade(url)
+            ready = client.get("/readyz")
+            with app.state.engine.begin() as conn:
+                # A newer release migrated first (rolling upgrade): this one stays ready.
+                conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+            ahead = client.get("/readyz")
+            with app.state.engine.begin() as conn:
+                conn.execute(text("DROP TABLE alembic_version"))
+            unrecorded = client.get("/readyz")
+        assert behind.status_code == 503
+        assert behind.json() == {
+            "status": "unavailable",
+            "reason": f"the database schema is at 0002, this server needs"
+            f" {migrate.head_revision()}: run `notify-server db upgrade`",
+        }
+        assert ready.status_code == 200
+        assert ahead.status_code == 200
+        assert unrecorded.status_code == 503
+        assert unrecorded.json()["reason"] == (
+            "the database is not migrated: run `notify-server db upgrade`"
+        )
+
     @pytest.mark.parametrize("where", ["postgresql closed port", "sqlite missing directory"])
     def test_unreachable_database(self, where, settings, tmp_path):
         if where.startswith("postgresql"):
@@ -466,7 +497,7 @@ class TestReadiness:
             health = client.get("/healthz")
             api = client.get("/v1/Services", auth=("AC" + "1" * 32, "token"))
         assert ready.status_code == 503
-        assert ready.json() == {"status": "unavailable"}
+        assert ready.json() == {"status": "unavailable", "reason": "the database does not answer"}
         request_id(ready)
         assert health.status_code == 200
         assert health.json() == {"status": "ok"}

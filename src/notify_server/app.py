@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import text
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from notify_server import migrate
 from notify_server.auth import Authenticator
 from notify_server.bindings.router import routes as bindings_routes
 from notify_server.config import Settings, get_settings
@@ -161,15 +163,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    schema_head, behind = migrate.head_revision(), migrate.older_revisions()
+
+    def unavailable(reason: str) -> Response:
+        body = orjson.dumps({"status": "unavailable", "reason": reason})
+        return Response(body, 503, media_type="application/json")
+
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
-        if secret_box.held:  # the key is not checked yet, or is not the deployment's
-            return Response(b'{"status":"unavailable"}', 503, media_type="application/json")
         try:
             with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except OperationalError as error:
+            if "alembic_version" in str(error.orig):
+                return unavailable("the database is not migrated: run `notify-server db upgrade`")
+            return unavailable("the database does not answer")
         except SQLAlchemyError:
-            return Response(b'{"status":"unavailable"}', 503, media_type="application/json")
+            return unavailable("the database does not answer")
+        # Ahead is fine: a newer release migrated first, and this process is about to go.
+        if revision in behind or revision is None:
+            return unavailable(
+                f"the database schema is at {revision}, this server needs {schema_head}:"
+                " run `notify-server db upgrade`"
+            )
+        if secret_box.held:  # the key is not checked yet, or is not the deployment's
+            return unavailable("the secret key is not checked against the database yet")
         return Response(b'{"status":"ready"}', media_type="application/json")
 
     if settings.metrics_enabled:

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import tempfile
 from contextlib import ExitStack
 
 import uvicorn
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from notify_server import migrate
@@ -210,18 +212,40 @@ def _port(value: str) -> int:
     return port
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _log_level_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="default NOTIFY_LOG_LEVEL or info",
+    )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("notify-server")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notify-server", description="The Twilio Notify v1 REST API, self-hosted."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_cmd = commands.add_parser("serve", help="migrate the database, then serve the API")
     serve_cmd.add_argument("--host", help="default NOTIFY_HOST or 127.0.0.1")
-    serve_cmd.add_argument("--port", type=int, help="default NOTIFY_PORT or 8000")
-    serve_cmd.add_argument("--workers", type=int, default=1)
+    serve_cmd.add_argument("--port", type=_port, help="default NOTIFY_PORT or 8000")
+    serve_cmd.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+    )
     serve_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
-    serve_cmd.add_argument("--log-level", default="info")
+    _log_level_flag(serve_cmd)
     serve_cmd.add_argument(
         "--no-worker", action="store_true", help="deliver nothing here (run `worker` apart)"
     )
@@ -235,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker_cmd = commands.add_parser("worker", help="deliver notifications from the outbox")
     worker_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
-    worker_cmd.add_argument("--log-level", default="info")
+    _log_level_flag(worker_cmd)
     worker_cmd.add_argument(
         "--metrics-port",
         type=_port,
@@ -253,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="https://notify.twilio.com",
         help="the Notify-compatible API to copy from (default Twilio's)",
     )
-    import_cmd.add_argument("--account-sid", required=True, metavar="AC…")
-    import_cmd.add_argument("--auth-token", required=True)
+    import_cmd.add_argument(
+        "--account-sid", required=True, metavar="AC…", help="the source account's SID"
+    )
+    import_cmd.add_argument("--auth-token", required=True, help="the source account's auth token")
     import_cmd.add_argument(
         "--service", action="append", metavar="IS…", help="only this service (repeatable)"
     )
@@ -271,34 +297,47 @@ def build_parser() -> argparse.ArgumentParser:
         dest="db_command", required=True
     )
     upgrade_cmd = db_cmd.add_parser("upgrade", help="migrate to the latest schema")
-    upgrade_cmd.add_argument("revision", nargs="?", default="head")
+    upgrade_cmd.add_argument(
+        "revision", nargs="?", default="head", help="the revision to reach (default head)"
+    )
     upgrade_cmd.set_defaults(run=db_upgrade)
     downgrade_cmd = db_cmd.add_parser("downgrade", help="migrate back to a revision")
-    downgrade_cmd.add_argument("revision")
+    downgrade_cmd.add_argument("revision", help="the revision to go back to (e.g. 0001, base)")
     downgrade_cmd.set_defaults(run=db_downgrade)
 
     accounts_cmd = commands.add_parser("accounts", help="accounts").add_subparsers(
         dest="accounts_command", required=True
     )
     account_create = accounts_cmd.add_parser("create", help="create an account")
-    account_create.add_argument("--friendly-name")
-    account_create.add_argument("--json", action="store_true")
+    account_create.add_argument("--friendly-name", help="the account's friendly name")
+    account_create.add_argument("--json", action="store_true", help="print the result as JSON")
     account_create.set_defaults(run=accounts_create)
 
     keys_cmd = commands.add_parser("keys", help="API keys").add_subparsers(
         dest="keys_command", required=True
     )
     key_create = keys_cmd.add_parser("create", help="create an API key of an account")
-    key_create.add_argument("--account", required=True, metavar="AC…")
-    key_create.add_argument("--friendly-name")
-    key_create.add_argument("--json", action="store_true")
+    key_create.add_argument(
+        "--account", required=True, metavar="AC…", help="the account the key belongs to"
+    )
+    key_create.add_argument("--friendly-name", help="the key's friendly name")
+    key_create.add_argument("--json", action="store_true", help="print the result as JSON")
     key_create.set_defaults(run=keys_create)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        # e.g. NOTIFY_PORT=abc: the variable and what is wrong with it, without a traceback.
+        error = exc.errors(include_url=False)[0]
+        name = "NOTIFY_" + ".".join(str(part) for part in error["loc"]).upper()
+        print(f"notify-server: {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    if hasattr(args, "log_level") and args.log_level is None:
+        args.log_level = settings.log_level
     try:
         return args.run(args, settings)
     except (InvalidAccountSid, SecretKeyError) as exc:

@@ -1,6 +1,7 @@
 from functools import lru_cache
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from notify_server.outbound import parse_allow_list
@@ -33,7 +34,9 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=30.0, ge=0)
     host: str = "127.0.0.1"
     port: int = 8000
-    log_level: str = "info"
+    log_level: Annotated[
+        Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(str.lower)
+    ] = "info"
     # One JSON line per request (method, route, status, duration, account, request id).
     access_log: bool = True
     metrics_enabled: bool = True

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 
 def script_location() -> str:
@@ -31,3 +32,15 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def head_revision() -> str | None:
+    """The revision this code's migrations end at."""
+    return ScriptDirectory(script_location()).get_current_head()
+
+
+def older_revisions() -> frozenset[str]:
+    """The revisions before this code's head: a database at one of them is behind."""
+    script = ScriptDirectory(script_location())
+    head = script.get_current_head()
+    return frozenset(r.revision for r in script.walk_revisions() if r.revision != head)
