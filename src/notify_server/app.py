@@ -174,11 +174,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             with engine.connect() as conn:
                 revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except OperationalError as error:
-            if "alembic_version" in str(error.orig):
+        except SQLAlchemyError as error:
+            # SQLite says OperationalError, PostgreSQL ProgrammingError (undefined table).
+            if "alembic_version" in str(getattr(error, "orig", error)):
                 return unavailable("the database is not migrated: run `notify-server db upgrade`")
-            return unavailable("the database does not answer")
-        except SQLAlchemyError:
             return unavailable("the database does not answer")
         # Ahead is fine: a newer release migrated first, and this process is about to go.
         if revision in behind or revision is None:
