@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,7 +22,7 @@ from notify_server.bindings.router import routes as bindings_routes
 from notify_server.config import Settings, get_settings
 from notify_server.credentials.router import routes as credentials_routes
 from notify_server.crypto import SecretKeyError, secret_box_for
-from notify_server.db import Checkpointer, GroupCommit, make_engine
+from notify_server.db import Checkpointer, Database, make_engine
 from notify_server.delivery.worker import DeliveryWorker
 from notify_server.deployment import check_secret_key, check_when_reachable
 from notify_server.edge import Edge
@@ -43,6 +43,8 @@ from notify_server.ratelimit import RateLimiter
 from notify_server.services.router import routes as services_routes
 
 log = logging.getLogger("notify_server")
+# A probe's own timeout is usually a few seconds: answer before it gives up.
+READY_TIMEOUT = 2.0
 
 
 def _resource_path(request: Request) -> str:
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     quiet_secret_loggers()
     engine = make_engine(settings.database_url, background_checkpoints=True)
     checkpointer = Checkpointer(engine)
+    database = Database(engine)
 
     secret_box = secret_box_for(settings)
     metrics = Metrics(engine, settings)
@@ -131,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task.cancel()
         if exporter is not None:
             exporter.stop()
+        database.close()
         checkpointer.stop()
         engine.dispose()
 
@@ -148,8 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.group_commit = GroupCommit(engine)
-    app.state.authenticator = Authenticator(engine, settings.auth_cache_seconds)
+    app.state.database = database
+    app.state.authenticator = Authenticator(database, settings.auth_cache_seconds)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app.state.secret_box = secret_box
     app.state.outbound = outbound
@@ -169,11 +173,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = orjson.dumps({"status": "unavailable", "reason": reason})
         return Response(body, 503, media_type="application/json")
 
+    def schema_revision(conn: Connection) -> str | None:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
         try:
-            with engine.connect() as conn:
-                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            revision = await asyncio.wait_for(database.read(schema_revision), READY_TIMEOUT)
+        except TimeoutError:
+            return unavailable("the database does not answer")
         except SQLAlchemyError as error:
             # SQLite says OperationalError, PostgreSQL ProgrammingError (undefined table).
             if "alembic_version" in str(getattr(error, "orig", error)):

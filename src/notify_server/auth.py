@@ -4,9 +4,8 @@ import base64
 import hashlib
 import time
 
-from sqlalchemy import Engine
-
 from notify_server.accounts.operations import verify_credentials
+from notify_server.db import Database
 from notify_server.errors import AuthenticationFailed
 
 _CACHE_LIMIT = 10_000
@@ -15,13 +14,13 @@ _CACHE_LIMIT = 10_000
 class Authenticator:
     """Verifies credentials, remembering good ones briefly so the hot path skips the database."""
 
-    def __init__(self, engine: Engine, cache_seconds: float) -> None:
-        self._engine = engine
+    def __init__(self, database: Database, cache_seconds: float) -> None:
+        self._database = database
         self._cache_seconds = cache_seconds
         # Keyed by a digest of the header, so no plain secret lingers in the cache.
         self._verified: dict[bytes, tuple[str, float]] = {}
 
-    def account_sid(self, authorization: str | None) -> str:
+    async def account_sid(self, authorization: str | None) -> str:
         if not authorization or authorization[:6].lower() != "basic ":
             raise AuthenticationFailed()
         key = hashlib.sha256(authorization.encode()).digest()
@@ -36,8 +35,9 @@ class Authenticator:
         username, colon, password = decoded.partition(":")
         if not colon:
             raise AuthenticationFailed()
-        with self._engine.connect() as conn:
-            account_sid = verify_credentials(conn, username, password)
+        account_sid = await self._database.read(
+            lambda conn: verify_credentials(conn, username, password)
+        )
         if account_sid is None:
             raise AuthenticationFailed()
         if self._cache_seconds > 0:

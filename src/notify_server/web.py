@@ -6,21 +6,17 @@ from typing import Any
 import orjson
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 
 from notify_server.crypto import SecretBox
-from notify_server.db import GroupCommit, Result
+from notify_server.db import Database, Result
 from notify_server.errors import BodyTooLarge, InvalidParameter, NotFound
 from notify_server.forms import ListQuery
 from notify_server.outbound import DestinationRefused, OutboundPolicy
 from notify_server.paging import Page
 from notify_server.wire import FormData, is_sid, page_envelope
-
-
-def engine(request: Request) -> Engine:
-    return request.app.state.engine
 
 
 def path_sid(request: Request, name: str, prefix: str) -> str:
@@ -33,10 +29,10 @@ def path_sid(request: Request, name: str, prefix: str) -> str:
     return prefix + value[2:].lower()
 
 
-def authenticate(request: Request) -> str:
+async def authenticate(request: Request) -> str:
     """The caller's account SID; also counted against the account's rate limit."""
     state = request.app.state
-    account_sid: str = state.authenticator.account_sid(request.headers.get("authorization"))
+    account_sid: str = await state.authenticator.account_sid(request.headers.get("authorization"))
     request.state.account_sid = account_sid
     state.rate_limiter.check(account_sid)
     return account_sid
@@ -166,10 +162,19 @@ def no_content() -> Response:
     return Response(status_code=204)
 
 
+def database(request: Request) -> Database:
+    return request.app.state.database
+
+
+async def read(request: Request, operation: Callable[[Connection], Result]) -> Result:
+    """Run `operation`'s reads off the event loop (in autocommit)."""
+    return await database(request).read(operation)
+
+
 async def write(request: Request, operation: Callable[[Connection], Result]) -> Result:
-    """Run `operation` in a write transaction, committed together with its neighbours'."""
-    group_commit: GroupCommit = request.app.state.group_commit
-    return await group_commit.run(operation)
+    """Run `operation` in a write transaction off the event loop, committed (on SQLite)
+    together with its neighbours'."""
+    return await database(request).write(operation)
 
 
 def secret_box(request: Request) -> SecretBox:

@@ -12,12 +12,11 @@ from starlette.routing import Route
 from notify_server import web
 from notify_server.bindings import operations
 from notify_server.bindings.schemas import BindingForm, BindingListQuery, binding_resource
-from notify_server.db import reading
 
 
 async def create_binding(request: Request) -> Response:
     service_sid = web.path_sid(request, "service_sid", "IS")
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     form = BindingForm.parse(await web.read_form(request))
     binding = await web.write(
         request, lambda conn: operations.create_binding(conn, account_sid, service_sid, form)
@@ -27,10 +26,11 @@ async def create_binding(request: Request) -> Response:
 
 async def list_bindings(request: Request) -> Response:
     service_sid = web.path_sid(request, "service_sid", "IS")
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     query = BindingListQuery.parse(web.query(request))
-    with reading(web.engine(request)) as conn:
-        page = operations.list_bindings(conn, account_sid, service_sid, query)
+    page = await web.read(
+        request, lambda conn: operations.list_bindings(conn, account_sid, service_sid, query)
+    )
     return web.page_response(
         request,
         key="bindings",
@@ -44,16 +44,17 @@ async def list_bindings(request: Request) -> Response:
 async def fetch_binding(request: Request) -> Response:
     service_sid = web.path_sid(request, "service_sid", "IS")
     sid = web.path_sid(request, "sid", "BS")
-    account_sid = web.authenticate(request)
-    with reading(web.engine(request)) as conn:
-        binding = operations.fetch_binding(conn, account_sid, service_sid, sid)
+    account_sid = await web.authenticate(request)
+    binding = await web.read(
+        request, lambda conn: operations.fetch_binding(conn, account_sid, service_sid, sid)
+    )
     return web.json_response(binding_resource(binding, web.base_url(request)))
 
 
 async def delete_binding(request: Request) -> Response:
     service_sid = web.path_sid(request, "service_sid", "IS")
     sid = web.path_sid(request, "sid", "BS")
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     await web.write(
         request, lambda conn: operations.delete_binding(conn, account_sid, service_sid, sid)
     )

@@ -11,23 +11,25 @@ from notify_server.credentials.schemas import (
     CredentialResource,
     CredentialUpdateForm,
 )
-from notify_server.db import transaction
 from notify_server.forms import ListQuery
 
 
 async def create_credential(request: Request) -> Response:
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     form = CredentialForm.parse(await web.read_form(request))
-    with transaction(web.engine(request), write=True) as conn:
-        credential = operations.create_credential(conn, account_sid, form, web.secret_box(request))
+    credential = await web.write(
+        request,
+        lambda conn: operations.create_credential(conn, account_sid, form, web.secret_box(request)),
+    )
     return web.json_response(CredentialResource.render(credential, web.base_url(request)), 201)
 
 
 async def list_credentials(request: Request) -> Response:
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     query = ListQuery.parse(web.query(request))
-    with transaction(web.engine(request), write=False) as conn:
-        page = operations.list_credentials(conn, account_sid, query)
+    page = await web.read(
+        request, lambda conn: operations.list_credentials(conn, account_sid, query)
+    )
     return web.page_response(
         request,
         key="credentials",
@@ -40,28 +42,30 @@ async def list_credentials(request: Request) -> Response:
 
 async def fetch_credential(request: Request) -> Response:
     sid = web.path_sid(request, "sid", "CR")
-    account_sid = web.authenticate(request)
-    with transaction(web.engine(request), write=False) as conn:
-        credential = operations.get_credential(conn, account_sid, sid)
+    account_sid = await web.authenticate(request)
+    credential = await web.read(
+        request, lambda conn: operations.get_credential(conn, account_sid, sid)
+    )
     return web.json_response(CredentialResource.render(credential, web.base_url(request)))
 
 
 async def update_credential(request: Request) -> Response:
     sid = web.path_sid(request, "sid", "CR")
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     form = CredentialUpdateForm.parse(await web.read_form(request))
-    with transaction(web.engine(request), write=True) as conn:
-        credential = operations.update_credential(
+    credential = await web.write(
+        request,
+        lambda conn: operations.update_credential(
             conn, account_sid, sid, form, web.secret_box(request)
-        )
+        ),
+    )
     return web.json_response(CredentialResource.render(credential, web.base_url(request)))
 
 
 async def delete_credential(request: Request) -> Response:
     sid = web.path_sid(request, "sid", "CR")
-    account_sid = web.authenticate(request)
-    with transaction(web.engine(request), write=True) as conn:
-        operations.delete_credential(conn, account_sid, sid)
+    account_sid = await web.authenticate(request)
+    await web.write(request, lambda conn: operations.delete_credential(conn, account_sid, sid))
     return web.no_content()
 
 

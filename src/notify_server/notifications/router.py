@@ -5,7 +5,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notify_server import web
-from notify_server.db import transaction
 from notify_server.forms import ListQuery
 from notify_server.notifications import operations
 from notify_server.notifications.schemas import (
@@ -17,11 +16,12 @@ from notify_server.notifications.schemas import (
 
 async def create_notification(request: Request) -> Response:
     service_sid = web.path_sid(request, "service_sid", "IS")
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     form = NotificationForm.parse(await web.read_form(request))
     web.check_callback_url(request, form.delivery_callback_url)
-    with transaction(web.engine(request), write=True) as conn:
-        notification = operations.create_notification(conn, account_sid, service_sid, form)
+    notification = await web.write(
+        request, lambda conn: operations.create_notification(conn, account_sid, service_sid, form)
+    )
     if notification.deliveries:
         request.app.state.delivery_worker.wake()
     return web.json_response(NotificationResource.render(notification), 201)
@@ -31,10 +31,11 @@ async def create_notification(request: Request) -> Response:
 async def list_deliveries(request: Request) -> Response:
     service_sid = web.path_sid(request, "service_sid", "IS")
     sid = web.path_sid(request, "sid", "NT")
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     query = ListQuery.parse(web.query(request))
-    with transaction(web.engine(request), write=False) as conn:
-        page = operations.list_deliveries(conn, account_sid, service_sid, sid, query)
+    page = await web.read(
+        request, lambda conn: operations.list_deliveries(conn, account_sid, service_sid, sid, query)
+    )
     return web.page_response(
         request,
         key="deliveries",

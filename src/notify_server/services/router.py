@@ -5,25 +5,24 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notify_server import web
-from notify_server.db import transaction
 from notify_server.services import operations
 from notify_server.services.schemas import ServiceForm, ServiceListQuery, ServiceResource
 
 
 async def create_service(request: Request) -> Response:
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     form = ServiceForm.parse(await web.read_form(request))
     web.check_callback_url(request, form.delivery_callback_url)
-    with transaction(web.engine(request), write=True) as conn:
-        service = operations.create_service(conn, account_sid, form)
+    service = await web.write(
+        request, lambda conn: operations.create_service(conn, account_sid, form)
+    )
     return web.json_response(ServiceResource.render(service, web.base_url(request)), 201)
 
 
 async def list_services(request: Request) -> Response:
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     query = ServiceListQuery.parse(web.query(request))
-    with transaction(web.engine(request), write=False) as conn:
-        page = operations.list_services(conn, account_sid, query)
+    page = await web.read(request, lambda conn: operations.list_services(conn, account_sid, query))
     return web.page_response(
         request,
         key="services",
@@ -36,27 +35,26 @@ async def list_services(request: Request) -> Response:
 
 async def fetch_service(request: Request) -> Response:
     sid = web.path_sid(request, "sid", "IS")
-    account_sid = web.authenticate(request)
-    with transaction(web.engine(request), write=False) as conn:
-        service = operations.get_service(conn, account_sid, sid)
+    account_sid = await web.authenticate(request)
+    service = await web.read(request, lambda conn: operations.get_service(conn, account_sid, sid))
     return web.json_response(ServiceResource.render(service, web.base_url(request)))
 
 
 async def update_service(request: Request) -> Response:
     sid = web.path_sid(request, "sid", "IS")
-    account_sid = web.authenticate(request)
+    account_sid = await web.authenticate(request)
     form = ServiceForm.parse(await web.read_form(request))
     web.check_callback_url(request, form.delivery_callback_url)
-    with transaction(web.engine(request), write=True) as conn:
-        service = operations.update_service(conn, account_sid, sid, form)
+    service = await web.write(
+        request, lambda conn: operations.update_service(conn, account_sid, sid, form)
+    )
     return web.json_response(ServiceResource.render(service, web.base_url(request)))
 
 
 async def delete_service(request: Request) -> Response:
     sid = web.path_sid(request, "sid", "IS")
-    account_sid = web.authenticate(request)
-    with transaction(web.engine(request), write=True) as conn:
-        operations.delete_service(conn, account_sid, sid)
+    account_sid = await web.authenticate(request)
+    await web.write(request, lambda conn: operations.delete_service(conn, account_sid, sid))
     return web.no_content()
 
 
