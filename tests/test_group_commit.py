@@ -14,6 +14,7 @@ from notify_server.accounts.repository import accounts
 from notify_server.db import Database, Prepared, defer
 from notify_server.wire import new_sid, utcnow
 
+
 class Refused(Exception):
     pass
 
