@@ -299,7 +299,9 @@ def flush_deferred(connection: Connection) -> None:
     with driver.pipeline():
         for statement, rows in deferred:
             statement.execute_many(connection, rows)
-        driver.commit()  # in the pipeline: the statements and COMMIT are one round trip
+        # As a statement: driver.commit() would sync at once, and leaving the pipeline
+        # syncs again; this way the statements and the COMMIT are one round trip.
+        driver.execute("COMMIT")
 
 
 def driver_connection(connection: Connection) -> Any:
