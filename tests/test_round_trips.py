@@ -142,3 +142,25 @@ def test_errors_found_by_the_probe_cost_no_more(traced, account) -> None:
     assert "CredentialSid" in bad_credential.json()["message"]
     # Each: BEGIN, the probe, ROLLBACK.
     assert trace.round_trips() <= 6
+
+
+def test_a_list_page_is_one_round_trip(traced, account) -> None:
+    client, trace = traced
+    service = make_service(client, account)
+    url = f"/v1/Services/{service['sid']}/Bindings"
+    for i in range(3):
+        data = {"Identity": f"user-{i}", "BindingType": "apn", "Address": f"a{i}", "Tag": "t"}
+        assert client.post(url, data=data, auth=account.auth).status_code == 201
+    trace.round_trips()
+
+    page = client.get(url, params={"Tag": "t", "PageSize": 2}, auth=account.auth)
+    assert page.status_code == 200 and len(page.json()["bindings"]) == 2
+    assert trace.round_trips() == 1
+    following = client.get(page.json()["meta"]["next_page_url"], auth=account.auth)
+    assert [b["identity"] for b in following.json()["bindings"]] == ["user-2"]
+    assert trace.round_trips() == 1
+
+    # Only an empty page asks whether the service is there at all.
+    missing = client.get(f"/v1/Services/IS{'0' * 32}/Bindings", auth=account.auth)
+    assert missing.status_code == 404
+    assert trace.round_trips() == 2

@@ -173,14 +173,14 @@ def split_tags(tags: Sequence[str]) -> tuple[list[str], list[str]]:
 def list_bindings(
     conn: Connection, account_sid: str, service_sid: str, query: BindingListQuery
 ) -> Page[BindingRecord]:
-    service = get_service(conn, account_sid, service_sid)
     binding_types, stored_tags = split_tags(query.tags)
     page = fetch_page(
         query.page_token,
         query.page_size,
         lambda after_id, before_id, limit: repository.page(
             conn,
-            service.id,
+            account_sid,
+            service_sid,
             identities=query.identities,
             tags=stored_tags,
             binding_types=binding_types,
@@ -191,4 +191,6 @@ def list_bindings(
             limit=limit,
         ),
     )
+    if not page.items:  # an empty page, or no such service: only then is it worth asking
+        get_service(conn, account_sid, service_sid)
     return Page([_record(s, service_sid) for s in page.items], page.next_token, page.previous_token)

@@ -1,5 +1,6 @@
 """Every SQL statement on bindings. Flushes, never commits."""
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from sqlalchemy import (
 from notify_server.bindings.models import Binding, BindingTag
 from notify_server.credentials.models import Credential
 from notify_server.db import Prepared, defer, driver_connection, stored_datetime
-from notify_server.paging import keyset
 from notify_server.services.models import Service
 from notify_server.services.repository import DEFAULT_VERSION_TYPES, BindingDefaults
 
@@ -325,7 +325,8 @@ def matching(
 
 def page(
     conn: Connection,
-    service_id: int,
+    account_sid: str,
+    service_sid: str,
     *,
     identities: Sequence[str],
     tags: Sequence[str],
@@ -336,17 +337,62 @@ def page(
     before_id: int | None,
     limit: int,
 ) -> list[StoredBinding]:
-    """Up to `limit` bindings in id order, after `after_id` or (backwards) before `before_id`."""
-    conditions = matching(service_id, identities=identities, tags=tags, binding_types=binding_types)
+    """Up to `limit` bindings of the account's service in id order, after `after_id` or
+    (backwards) before `before_id`. Empty too when there is no such service."""
+    params: dict[str, Any] = {"account_sid": account_sid, "service_sid": service_sid}
+    params.update({f"identity_{i}": v for i, v in enumerate(identities)})
+    params.update({f"tag_{i}": v for i, v in enumerate(tags)})
+    params.update({f"type_{i}": v for i, v in enumerate(binding_types)})
     if start_date:
-        conditions.append(bindings.c.date_created >= datetime.combine(start_date, time.min))
+        params["start"] = datetime.combine(start_date, time.min)
     if end_date:
-        day_after = datetime.combine(end_date + timedelta(days=1), time.min)
-        conditions.append(bindings.c.date_created < day_after)
-    bounds, order = keyset(bindings.c.id, after_id, before_id)
-    conditions.extend(bounds)
-    statement = select(*_COLUMNS).where(and_(*conditions)).order_by(order).limit(limit)
-    return [_stored(row) for row in conn.execute(statement)]  # type: ignore[misc]
+        params["end"] = datetime.combine(end_date + timedelta(days=1), time.min)
+    direction = "before" if before_id is not None else "after" if after_id is not None else None
+    params.update(after_id=after_id, before_id=before_id, limit=limit)
+    statement = _page_statement(
+        len(identities), len(tags), len(binding_types), bool(start_date), bool(end_date), direction
+    )
+    return [_stored(row) for row in statement.execute(conn, params)]  # type: ignore[misc]
+
+
+@functools.lru_cache(maxsize=256)
+def _page_statement(
+    identities: int, tags: int, binding_types: int, start: bool, end: bool, direction: str | None
+) -> Prepared:
+    """The list statement for one shape of filters, built and compiled once."""
+    conditions: list[ColumnElement[bool]] = [
+        services.c.account_sid == bindparam("account_sid"),
+        services.c.sid == bindparam("service_sid"),
+    ]
+    if identities:
+        conditions.append(
+            bindings.c.identity.in_([bindparam(f"identity_{i}") for i in range(identities)])
+        )
+    conditions.extend(
+        bindings.c.binding_type == bindparam(f"type_{i}") for i in range(binding_types)
+    )
+    for i in range(tags):
+        tagged = select(binding_tags.c.binding_id).where(
+            binding_tags.c.service_id == services.c.id, binding_tags.c.tag == bindparam(f"tag_{i}")
+        )
+        conditions.append(bindings.c.id.in_(tagged))
+    if start:
+        conditions.append(bindings.c.date_created >= bindparam("start"))
+    if end:
+        conditions.append(bindings.c.date_created < bindparam("end"))
+    order: ColumnElement[int] = bindings.c.id
+    if direction == "after":
+        conditions.append(bindings.c.id > bindparam("after_id"))
+    elif direction == "before":
+        conditions.append(bindings.c.id < bindparam("before_id"))
+        order = bindings.c.id.desc()
+    return Prepared(
+        select(*_COLUMNS)
+        .join(services, services.c.id == bindings.c.service_id)
+        .where(*conditions)
+        .order_by(order)
+        .limit(bindparam("limit"))
+    )
 
 
 def forget_credential(
