@@ -17,6 +17,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 _NO_PARAMS: Mapping[str, Any] = {}
+Result = TypeVar("Result")
 log = logging.getLogger("notify_server")
 
 NAMING_CONVENTION = {
@@ -46,7 +47,64 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
         _configure_sqlite(engine, background_checkpoints)
         return engine
     # No pre-ping: it costs a round trip per checkout; Database retries on a dead connection.
-    return create_engine(url, pool_size=20, max_overflow=20)
+    if make_url(url).get_driver_name() != "psycopg":
+        return create_engine(url, pool_size=20, max_overflow=20)
+    # The driver in autocommit: we send BEGIN ourselves (_configure_psycopg).
+    engine = create_engine(url, pool_size=20, max_overflow=20, isolation_level="AUTOCOMMIT")
+    _configure_psycopg(engine)
+    return engine
+
+
+_BEGIN_PENDING = "notify_server.begin_pending"
+
+
+def _configure_psycopg(engine: Engine) -> None:
+    """BEGIN sent by us, in the same round trip as the transaction's first statement.
+
+    Left to itself psycopg sends BEGIN alone and waits for its answer: a round trip per
+    write transaction. So the driver runs in autocommit, and a transaction SQLAlchemy begins
+    only marks BEGIN as owed; the first statement sends it: a Prepared one pipelined with
+    it, any other just before it. Reads (`autocommit_read`) owe none.
+    """
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        if not connection.get_execution_options().get("autocommit_read"):
+            connection.info[_BEGIN_PENDING] = True
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def before_cursor_execute(connection: Connection, cursor: Any, *_: Any) -> None:
+        if connection.info.pop(_BEGIN_PENDING, False):
+            cursor.execute("BEGIN")
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def on_end(connection: Connection) -> None:
+        if not connection.invalidated:  # (.info of an invalidated one would reconnect)
+            connection.info.pop(_BEGIN_PENDING, None)  # a transaction that sent nothing
+
+    @event.listens_for(engine.pool, "checkin")
+    def on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info.pop(_BEGIN_PENDING, None)
+
+
+def _with_owed_begin(connection: Connection, send: Callable[[], Result]) -> Result:
+    """`send()`, preceded by the BEGIN its transaction owes, in the same round trip."""
+    driver = driver_connection(connection)
+    if connection.info.pop(_BEGIN_PENDING, False):
+        if _in_pipeline(driver):
+            driver.execute("BEGIN")
+        else:
+            with driver.pipeline():
+                driver.execute("BEGIN")
+                return send()
+    return send()
+
+
+def _in_pipeline(driver: Any) -> bool:
+    from psycopg import pq
+
+    return bool(driver.pgconn.pipeline_status != pq.PipelineStatus.OFF)
 
 
 def _configure_sqlite(engine: Engine, background_checkpoints: bool) -> None:
@@ -111,7 +169,6 @@ class Checkpointer:
             log.exception("WAL checkpoint failed; retrying")
 
 
-Result = TypeVar("Result")
 Operation = Callable[[Connection], Result]
 
 # Threads that read (each holds a pooled connection while it runs) and, on PostgreSQL, that
@@ -218,7 +275,7 @@ class Database:
         self.engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
         self._read_engine = (
-            engine if self._sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+            engine if self._sqlite else engine.execution_options(autocommit_read=True)
         )
         self._readers = Threads(READ_THREADS, "db-read")
         self._writers = Threads(1 if self._sqlite else WRITE_THREADS, "db-write")
@@ -430,10 +487,12 @@ class Prepared:
         sql, names, fixed = self._for(conn.dialect)
         if fixed:
             params = {**fixed, **params}
+        driver = driver_connection(conn)
         if names is not None:  # SQLite: positional, dates as SQLAlchemy's text
-            ordered = [_sqlite_value(params[name]) for name in names]
-            return driver_connection(conn).execute(sql, ordered)
-        return driver_connection(conn).execute(sql, params)
+            return driver.execute(sql, [_sqlite_value(params[name]) for name in names])
+        if _BEGIN_PENDING in conn.info:
+            return _with_owed_begin(conn, lambda: driver.execute(sql, params))
+        return driver.execute(sql, params)
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         sql, names, fixed = self._for(conn.dialect)
@@ -442,6 +501,8 @@ class Prepared:
         cursor = driver_connection(conn).cursor()
         if names is not None:
             cursor.executemany(sql, [[_sqlite_value(row[n]) for n in names] for row in rows])
+        elif _BEGIN_PENDING in conn.info:
+            _with_owed_begin(conn, lambda: cursor.executemany(sql, rows))
         else:
             cursor.executemany(sql, rows)
 
