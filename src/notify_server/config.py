@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     delivery_timeout_seconds: float = Field(default=10.0, gt=0)
     # Bindings per outbox chunk of a query notification: the request writes the first, the
     # workers the rest, one transaction each (delivery/expansion.py).
-    fanout_chunk_size: int = Field(default=1000, ge=1, le=100_000)
+    fanout_chunk_size: int = Field(default=500, ge=1)
     callback_batch_size: int = Field(default=1000, ge=1, le=1000)
     # Delivery callbacks: a slow or dead endpoint delays only its own account's callbacks.
     callback_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 
 from notify_server.db import Database
 from notify_server.notifications import repository
-from notify_server.wire import utcnow
+from notify_server.wire import utcnow_precise
 
 log = logging.getLogger("notify_server.delivery")
 
@@ -61,7 +61,7 @@ class Expander:
             await asyncio.sleep(0)
 
     def _next_chunk(self, conn: Connection) -> int | None:
-        return repository.expand_next(conn, limit=self._chunk_size, now=utcnow())
+        return repository.expand_next(conn, limit=self._chunk_size, now=utcnow_precise())
 
     async def _idle(self) -> None:
         assert self._wake_event is not None
