@@ -3,7 +3,6 @@
 row however the workers run, crash or race, and what the workers write still queues fairly."""
 
 import asyncio
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from notify_server.delivery.expansion import Expander
 from notify_server.notifications import repository
 from notify_server.notifications.models import Delivery, Expansion
 from notify_server.wire import utcnow_precise
-from tests.factories import Account, make_account, make_binding, make_service
+from tests.factories import Account, make_binding, make_service
 from tests.servers import start_server
 from tests.support.bulk import insert_bindings
 
@@ -352,8 +351,9 @@ def test_kill_during_expansion_leaves_every_target_exactly_once(
     assert response.status_code == 201, response.text
     at_kills = []
     # Killed at different points of the expansion, each time with chunks being written.
-    for fraction in (0.1, 0.35, 0.6):
-        wait_for(lambda: written(engine) >= BINDINGS * fraction, 60, "expansion stalled")
+    for share in (0.1, 0.35, 0.6):
+        target = BINDINGS * share
+        wait_for(lambda: written(engine) >= target, 60, "expansion stalled")  # noqa: B023
         server.kill()
         at_kills.append(written(engine))
         counts = outbox_rows(engine)
@@ -364,18 +364,14 @@ def test_kill_during_expansion_leaves_every_target_exactly_once(
         server = start_server(database_url, env=env)
     try:
         wait_for(lambda: waiting_expansions(engine) == 0, 60, "expansion did not finish")
-        with engine.connect() as conn:
-            statuses = Counter(conn.execute(select(deliveries.c.status)).scalars())
-        wait_for(
-            lambda: written(engine) == BINDINGS and _all_sent(engine), 60, f"undelivered {statuses}"
-        )
+        wait_for(lambda: _all_sent(engine), 60, "not every target was delivered")
     finally:
         server.kill()
     counts = outbox_rows(engine)
     assert len(counts) == BINDINGS
     assert set(counts.values()) == {1}
     assert at_kills == sorted(at_kills) and at_kills[-1] < BINDINGS, at_kills
-    print(f"\nexpansion kills at {at_kills} of {BINDINGS} rows written (pid {os.getpid()})")
+    print(f"\nexpansion killed at {at_kills} of {BINDINGS} rows written")
 
 
 def _all_sent(engine: Engine) -> bool:
