@@ -304,6 +304,20 @@ class TestTheWorkerInTheServer:
         assert set(outbox_rows(engine).values()) == {1}
         assert waiting_expansions(engine) == 0
 
+    def test_service_deleted_while_the_worker_expands(self, settings, engine, account):
+        busy = settings.model_copy(update={"fanout_chunk_size": 5})
+        with TestClient(create_app(busy), raise_server_exceptions=False) as api:
+            service_sid = service_with(api, engine, account, 3000)
+            notify(api, account, service_sid)
+            wait_for(lambda: written(engine) >= 50, 30, "expansion did not start")
+
+            response = api.delete(f"/v1/Services/{service_sid}", auth=account.auth)
+
+            assert response.status_code == 204, response.text
+            assert waiting_expansions(engine) == 0
+            time.sleep(0.2)  # the next chunk finds nothing to expand
+            assert written(engine) == 0
+
 
 # Crash safety: a real server process killed with SIGKILL during expansion, several times.
 BINDINGS = 3000
