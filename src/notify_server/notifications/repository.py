@@ -1,5 +1,6 @@
 """Every SQL statement on notifications and the delivery outbox. Flushes, never commits."""
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -7,20 +8,25 @@ from typing import cast
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Connection,
+    DateTime,
+    Integer,
     Row,
     Table,
     bindparam,
     delete,
     func,
     insert,
-    literal,
+    literal_column,
     select,
     update,
 )
 
 from notify_server.accounts.models import Account
 from notify_server.bindings import repository as bindings_repository
+from notify_server.db import Prepared
 from notify_server.notifications.models import FRESH, Delivery, Expansion, Notification
 from notify_server.paging import keyset
 from notify_server.services.models import Service
@@ -111,25 +117,61 @@ def write_chunk(
 ) -> tuple[int, int]:
     """Outbox rows for the next `limit` matching bindings in id order, queued at the
     account's place in the fair queue: (rows written, the last binding id written)."""
+    start = fair_start(conn, account_sid)
+    params = {
+        "notification_id": notification_id,
+        "service_id": query.service_id,
+        "after": after_binding_id,
+        "last": last_binding_id,
+        "limit": limit,
+        "offset": 0,
+        "now": now,
+        "expires_at": expires_at,
+        "reported": reported,
+        "fair_start": start,
+        **{f"identity_{i}": v for i, v in enumerate(query.identities)},
+        **{f"tag_{i}": v for i, v in enumerate(query.tags)},
+        **{f"binding_type_{i}": v for i, v in enumerate(query.binding_types)},
+    }
+    statement = _chunk_statement(len(query.identities), len(query.tags), len(query.binding_types))
+    written = [row[0] for row in statement.execute(conn, params).fetchall()]
+    if written:
+        advance_fair_clock(conn, account_sid, start + len(written))
+    return len(written), max(written, default=after_binding_id)
+
+
+@functools.cache
+def _chunk_statement(identities: int, tags: int, binding_types: int) -> Prepared:
+    """One chunk's INSERT ... SELECT ... RETURNING, per shape of query. Prepared: a chunk
+    rebuilt as Core each time spent more of the GIL on SQLAlchemy's cache keys and result rows
+    than on anything else it does in Python."""
     conditions = [
-        bindings.c.service_id == query.service_id,
-        bindings.c.id > after_binding_id,
-        bindings.c.id <= last_binding_id,
+        bindings.c.service_id == bindparam("service_id"),
+        bindings.c.id > bindparam("after"),
+        bindings.c.id <= bindparam("last"),
     ]
-    if query.identities:
-        conditions.append(bindings.c.identity.in_(query.identities))
-    conditions.extend(bindings.c.binding_type == t for t in query.binding_types)
+    if identities:
+        conditions.append(
+            bindings.c.identity.in_([bindparam(f"identity_{i}") for i in range(identities)])
+        )
+    conditions.extend(
+        bindings.c.binding_type == bindparam(f"binding_type_{i}") for i in range(binding_types)
+    )
     # EXISTS probes binding_tags' primary key per binding; an IN (subquery) let PostgreSQL
     # hash every tagged binding of the service again for each chunk.
     conditions.extend(
         select(binding_tags.c.binding_id)
-        .where(binding_tags.c.binding_id == bindings.c.id, binding_tags.c.tag == tag)
+        .where(
+            binding_tags.c.binding_id == bindings.c.id,
+            binding_tags.c.tag == bindparam(f"tag_{i}"),
+        )
         .exists()
-        for tag in query.tags
+        for i in range(tags)
     )
     chunk = (
         select(
             bindings.c.id,
+            bindings.c.service_id,
             bindings.c.sid,
             bindings.c.identity,
             bindings.c.binding_type,
@@ -138,35 +180,32 @@ def write_chunk(
         )
         .where(*conditions)
         .order_by(bindings.c.id)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))  # SQLite's LIMIT comes with an OFFSET
         .subquery()
     )
-    start = fair_start(conn, account_sid)
     rows = select(
-        literal(notification_id),
-        literal(query.service_id),
+        bindparam("notification_id", type_=BigInteger),
+        chunk.c.service_id,
         chunk.c.id,
         chunk.c.sid,
         chunk.c.identity,
         chunk.c.binding_type,
         chunk.c.address,
         chunk.c.credential_sid,
-        literal(PENDING),
-        literal(0),
-        literal(now),
-        literal(expires_at),
-        literal(reported),
-        literal(now),
-        literal(now),
-        literal(start) + func.row_number().over(order_by=chunk.c.id),
+        literal_column(f"'{PENDING}'"),
+        literal_column("0"),
+        bindparam("now", type_=DateTime),
+        bindparam("expires_at", type_=DateTime),
+        bindparam("reported", type_=Boolean),
+        bindparam("now", type_=DateTime),
+        bindparam("now", type_=DateTime),
+        bindparam("fair_start", type_=BigInteger) + func.row_number().over(order_by=chunk.c.id),
     )
     statement = (
         insert(deliveries).from_select(_FAN_OUT_COLUMNS, rows).returning(deliveries.c.binding_id)
     )
-    written = list(conn.execute(statement).scalars())
-    if written:
-        advance_fair_clock(conn, account_sid, start + len(written))
-    return len(written), max(written, default=after_binding_id)
+    return Prepared(statement)
 
 
 def insert_expansion(conn: Connection, values: dict) -> None:
