@@ -53,10 +53,8 @@ def serve(port: int, ticks_path: Path, deliver: bool) -> None:
     import uvicorn
 
     from notify_server.app import create_app
-    from notify_server.delivery import expansion
     from notify_server.delivery.worker import DeliveryWorker
 
-    expansion.REST_PER_WORK = float(os.environ["EXPANSION_BENCH_REST"])
     if not deliver:
 
         async def expand_only(self: DeliveryWorker) -> None:
