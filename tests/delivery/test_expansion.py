@@ -101,6 +101,8 @@ def expand(engine: Engine, workers: int = 1, chunk_size: int = CHUNK, timeout: f
                 assert time.monotonic() < deadline, "expansion did not finish"
                 assert not any(t.done() for t in tasks), [t.exception() for t in tasks]
                 await asyncio.sleep(0.01)
+            # The last chunk's commit is seen here before its worker is back on the loop.
+            await asyncio.sleep(0.2)
         finally:
             for task in tasks:
                 task.cancel()
