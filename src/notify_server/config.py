@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # A claimed row whose worker died is claimed again after this long.
     delivery_lease_seconds: float = Field(default=30.0, gt=0)
     delivery_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Bindings per outbox chunk of a query notification: the request writes the first, the
+    # workers the rest, one transaction each (delivery/expansion.py).
+    fanout_chunk_size: int = Field(default=500, ge=1)
     callback_batch_size: int = Field(default=1000, ge=1, le=1000)
     # Delivery callbacks: a slow or dead endpoint delays only its own account's callbacks.
     callback_timeout_seconds: float = Field(default=5.0, gt=0)

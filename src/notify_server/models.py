@@ -5,7 +5,7 @@ from notify_server.bindings.models import Binding, BindingTag
 from notify_server.credentials.models import Credential
 from notify_server.db import Base
 from notify_server.deployment import Deployment
-from notify_server.notifications.models import Delivery, Notification
+from notify_server.notifications.models import Delivery, Expansion, Notification
 from notify_server.services.models import Service
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Credential",
     "Delivery",
     "Deployment",
+    "Expansion",
     "Notification",
     "Service",
 ]

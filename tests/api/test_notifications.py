@@ -5,13 +5,16 @@ outbox rows the log channel delivers (no provider is configured here)."""
 import json
 import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from notify_server.notifications.models import Delivery, Notification
+from notify_server.app import create_app
+from notify_server.config import Settings
+from notify_server.notifications.models import Delivery, Expansion, Notification
 from tests.errors import UNAUTHENTICATED, assert_invalid, not_found, twilio_error
 from tests.factories import Account, make_api_key, make_binding, make_service
 
@@ -418,6 +421,48 @@ class TestTargeting:
             assert binding_type in row["error_message"]
             assert "retired" in row["error_message"]
             assert row["provider_message_id"] is None
+
+
+class ExpandingClient(TestClient):
+    """Answers a notification's POST once the workers have written all its targets."""
+
+    engine: Engine
+
+    def post(self, url, *args, **kwargs):  # type: ignore[override]
+        response = super().post(url, *args, **kwargs)
+        if str(url).endswith("/Notifications") and response.status_code == 201:
+            deadline = time.monotonic() + 10
+            while waiting_expansions(self.engine):
+                assert time.monotonic() < deadline, "expansion did not finish"
+                time.sleep(0.01)
+        return response
+
+
+def waiting_expansions(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Expansion.__table__)).scalar_one()
+
+
+class TestTargetingInChunks(TestTargeting):
+    """The same targets when the request writes only the first and the workers the rest,
+    one binding per chunk: the query kept for the workers means what the request's did."""
+
+    @pytest.fixture
+    def client(self, settings: Settings, engine: Engine) -> Iterator[TestClient]:
+        chunked = settings.model_copy(update={"fanout_chunk_size": 1})
+        with ExpandingClient(create_app(chunked), raise_server_exceptions=False) as client:
+            client.engine = engine
+            yield client
+
+    def test_the_request_writes_only_the_first_chunk(
+        self, settings, engine, account, service_sid, bindings
+    ):
+        quiet = settings.model_copy(update={"fanout_chunk_size": 1, "worker_enabled": False})
+        with TestClient(create_app(quiet)) as client:
+            sid = notify_ok(client, account, service_sid, {"Tag": "vip"})["sid"]
+            rows = deliveries(client, account, service_sid, sid)
+        assert [row["binding_sid"] for row in rows] == [bindings["alice_apn"]]
+        assert waiting_expansions(engine) == 1
 
 
 class TestDirectNotification:

@@ -14,11 +14,12 @@ from sqlalchemy import Engine, Row
 
 from notify_server.config import Settings
 from notify_server.crypto import SecretBox
-from notify_server.db import transaction
+from notify_server.db import Database, transaction
 from notify_server.delivery import repository
 from notify_server.delivery.callbacks import CallbackReporter
 from notify_server.delivery.channel_set import ChannelSet
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
+from notify_server.delivery.expansion import Expander
 from notify_server.metrics import Metrics
 from notify_server.outbound import OutboundPolicy
 from notify_server.wire import utcnow_precise
@@ -60,6 +61,12 @@ class DeliveryWorker:
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._leases_renewed_at = 0.0
         self._credentials: dict[tuple[str, str], tuple[CredentialSecrets | None, float]] = {}
+        self.expander = Expander(
+            Database(engine),
+            poll_seconds=settings.worker_poll_seconds,
+            chunk_size=settings.fanout_chunk_size,
+            on_chunk=self.wake,
+        )
 
     def wake(self) -> None:
         """New rows are due: skip the rest of the poll interval."""
@@ -71,10 +78,12 @@ class DeliveryWorker:
         self._wake_event = asyncio.Event()
         # Callbacks go to tenants' endpoints: they run beside delivery, never in its way.
         callbacks = asyncio.create_task(self._callbacks.run())
+        expansions = asyncio.create_task(self.expander.run())
         try:
             await self._deliver_due()
         finally:
             callbacks.cancel()
+            expansions.cancel()
 
     async def _deliver_due(self) -> None:
         concurrency = self._settings.worker_concurrency

@@ -31,11 +31,20 @@ LEASED = text("status = 'sending'")
 
 
 class Delivery(Base):
-    """The outbox: one row per target, written in the request's transaction."""
+    """The outbox: one row per target. A small notification's rows are written in the
+    request's transaction; a large one's by the workers, chunk by chunk (Expansion)."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
         Index("ix_deliveries_notification_id_id", "notification_id", "id"),
+        # One row per binding and notification: the backstop of chunked expansion. Binding
+        # first, so it also serves the lookups of ON DELETE SET NULL.
+        Index(
+            "uq_deliveries_binding_id_notification_id",
+            "binding_id",
+            "notification_id",
+            unique=True,
+        ),
         # Delivery callbacks look for final rows not yet reported. Rows of a notification
         # without a callback URL are born reported, so they never show up here.
         Index("ix_deliveries_reported_status", "reported", "status", "notification_id"),
@@ -72,7 +81,7 @@ class Delivery(Base):
     service_id: Mapped[int] = mapped_column(RowId, ForeignKey("services.id", ondelete="CASCADE"))
     # Null for a ToBinding target, or once the binding is deleted.
     binding_id: Mapped[int | None] = mapped_column(
-        RowId, ForeignKey("bindings.id", ondelete="SET NULL"), index=True
+        RowId, ForeignKey("bindings.id", ondelete="SET NULL")
     )
     binding_sid: Mapped[str | None] = mapped_column(String(34))
     identity: Mapped[str | None] = mapped_column(String(256))
@@ -96,3 +105,33 @@ class Delivery(Base):
     callback_error: Mapped[str | None] = mapped_column(Text)
     date_created: Mapped[datetime]
     date_updated: Mapped[datetime]
+
+
+class Expansion(Base):
+    """A query notification whose targets are still being written to the outbox.
+
+    The request writes the first chunk itself; when more match, it leaves this record and
+    the workers write the rest, one chunk of bindings per transaction, in binding id order.
+    Gone once the last chunk is written.
+    """
+
+    __tablename__ = "expansions"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(
+        RowId, ForeignKey("notifications.id", ondelete="CASCADE"), unique=True
+    )
+    account_sid: Mapped[str] = mapped_column(String(34))
+    service_id: Mapped[int] = mapped_column(RowId, ForeignKey("services.id", ondelete="CASCADE"))
+    # What to match, as JSON lists of strings.
+    identities: Mapped[str] = mapped_column(Text)
+    tags: Mapped[str] = mapped_column(Text)
+    binding_types: Mapped[str] = mapped_column(Text)
+    # Bindings after `after_binding_id` up to `last_binding_id` (the newest binding when the
+    # notification was created) are still to be written.
+    after_binding_id: Mapped[int] = mapped_column(BigInteger)
+    last_binding_id: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime]
+    reported: Mapped[bool]
+    # Workers take the expansion least recently advanced, so several share the workers.
+    advanced_at: Mapped[datetime]

@@ -4,9 +4,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Row
 
-from notify_server.bindings import repository as bindings
 from notify_server.bindings.operations import split_tags
 from notify_server.errors import NotFound
 from notify_server.forms import ListQuery
@@ -24,17 +24,24 @@ class NotificationRecord:
     service_sid: str
     date_created: datetime
     content: dict[str, Any]
-    deliveries: int
+    deliveries: int  # outbox rows written so far
+    expanding: bool  # whether workers still have targets to write
 
 
 def create_notification(
-    conn: Connection, account_sid: str, service_sid: str, form: NotificationForm
+    conn: Connection,
+    account_sid: str,
+    service_sid: str,
+    form: NotificationForm,
+    chunk_size: int,
 ) -> NotificationRecord:
-    """Store the notification and its outbox in one transaction; workers deliver later.
+    """Store the notification and its outbox; workers deliver later.
 
     A query notification targets the service's bindings with any of the identities and all
     of the tags; an identity with no bindings is not an error. Segments (a resource Twilio
-    removed in 2018) match no binding.
+    removed in 2018) match no binding. Its first `chunk_size` targets are written here;
+    when more match, an expansion record leaves the rest to the workers (delivery/expansion.py),
+    so the 201 never waits on a large fan-out.
     """
     service = get_service(conn, account_sid, service_sid)
     targets = form.targets()
@@ -57,8 +64,9 @@ def create_notification(
         },
     )
     expires_at = now + timedelta(seconds=form.ttl)
-    fair_start = repository.fair_start(conn, account_sid)
+    count, expanding = 0, False
     if targets:
+        fair_start = repository.fair_start(conn, account_sid)
         count = repository.fan_out_to_addresses(
             conn,
             notification_id,
@@ -69,28 +77,43 @@ def create_notification(
             reported=reported,
             fair_start=fair_start,
         )
+        repository.advance_fair_clock(conn, account_sid, fair_start + count)
     elif form.identities or form.tags:
         binding_types, stored_tags = split_tags(form.tags)
-        conditions = bindings.matching(
-            service.id,
-            identities=form.identities,
-            tags=stored_tags,
-            binding_types=binding_types,
-        )
-        count = repository.fan_out_to_bindings(
+        query = repository.Query(service.id, form.identities, stored_tags, binding_types)
+        # Bindings made after the 201 are not targets, as when all were written at once.
+        last_binding_id = repository.newest_binding_id(conn)
+        count, after_binding_id = repository.write_chunk(
             conn,
             notification_id,
-            conditions,
+            account_sid,
+            query,
+            after_binding_id=0,
+            last_binding_id=last_binding_id,
+            limit=chunk_size,
             now=now,
             expires_at=expires_at,
             reported=reported,
-            fair_start=fair_start,
         )
-    else:
-        count = 0
-    if count:
-        repository.advance_fair_clock(conn, account_sid, fair_start + count)
-    return NotificationRecord(sid, account_sid, service_sid, now, content, count)
+        expanding = count == chunk_size
+        if expanding:
+            repository.insert_expansion(
+                conn,
+                {
+                    "notification_id": notification_id,
+                    "account_sid": account_sid,
+                    "service_id": service.id,
+                    "identities": orjson.dumps(form.identities).decode(),
+                    "tags": orjson.dumps(stored_tags).decode(),
+                    "binding_types": orjson.dumps(binding_types).decode(),
+                    "after_binding_id": after_binding_id,
+                    "last_binding_id": last_binding_id,
+                    "expires_at": expires_at,
+                    "reported": reported,
+                    "advanced_at": now,
+                },
+            )
+    return NotificationRecord(sid, account_sid, service_sid, now, content, count, expanding)
 
 
 def _callback_url(service: Row, form: NotificationForm) -> str | None:

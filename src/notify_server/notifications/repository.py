@@ -1,33 +1,41 @@
 """Every SQL statement on notifications and the delivery outbox. Flushes, never commits."""
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
 import orjson
 from sqlalchemy import (
-    ColumnElement,
+    BigInteger,
+    Boolean,
     Connection,
+    DateTime,
+    Integer,
     Row,
     Table,
-    and_,
     bindparam,
+    delete,
     func,
     insert,
-    literal,
+    literal_column,
     select,
     update,
 )
 
 from notify_server.accounts.models import Account
 from notify_server.bindings import repository as bindings_repository
-from notify_server.notifications.models import FRESH, Delivery, Notification
+from notify_server.db import Prepared
+from notify_server.notifications.models import FRESH, Delivery, Expansion, Notification
 from notify_server.paging import keyset
 from notify_server.services.models import Service
 
 notifications = cast(Table, Notification.__table__)
 deliveries = cast(Table, Delivery.__table__)
 bindings = bindings_repository.bindings
+binding_tags = bindings_repository.binding_tags
+expansions = cast(Table, Expansion.__table__)
 services = cast(Table, Service.__table__)
 accounts = cast(Table, Account.__table__)
 
@@ -48,7 +56,9 @@ _ACCOUNT_CLOCK = (
     .where(accounts.c.sid == bindparam("account_sid"))
     .with_for_update()
 )
-_QUEUE_HEAD = select(func.min(deliveries.c.fair_key)).where(FRESH)
+# ORDER BY ... LIMIT 1, not min(): PostgreSQL's plan for min() read every waiting row of the
+# partial index, a scan per chunk that grows with the fan-out being written.
+_QUEUE_HEAD = select(deliveries.c.fair_key).where(FRESH).order_by(deliveries.c.fair_key).limit(1)
 _LATEST_CLOCK = select(func.max(accounts.c.fair_clock))
 _ADVANCE_CLOCK = (
     update(accounts)
@@ -77,39 +87,171 @@ def insert_notification(conn: Connection, values: dict) -> int:
     return conn.execute(statement).scalar_one()
 
 
-def fan_out_to_bindings(
+@dataclass(frozen=True)
+class Query:
+    """What a query notification targets: the service's bindings with any of the identities,
+    all of the tags (stored tags, not `all` or type names) and all of the binding types."""
+
+    service_id: int
+    identities: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    binding_types: Sequence[str] = ()
+
+
+def newest_binding_id(conn: Connection) -> int:
+    return conn.execute(select(func.max(bindings.c.id))).scalar() or 0
+
+
+def write_chunk(
     conn: Connection,
     notification_id: int,
-    conditions: Sequence[ColumnElement[bool]],
+    account_sid: str,
+    query: Query,
     *,
+    after_binding_id: int,
+    last_binding_id: int,
+    limit: int,
     now: datetime,
     expires_at: datetime,
     reported: bool,
-    fair_start: int,
-) -> int:
-    """One outbox row per matching binding, in a single INSERT ... SELECT."""
-    matching = select(
-        literal(notification_id),
-        bindings.c.service_id,
-        bindings.c.id,
-        bindings.c.sid,
-        bindings.c.identity,
-        bindings.c.binding_type,
-        bindings.c.address,
-        bindings.c.credential_sid,
-        literal(PENDING),
-        literal(0),
-        literal(now),
-        literal(expires_at),
-        literal(reported),
-        literal(now),
-        literal(now),
-        literal(fair_start) + func.row_number().over(),
-    ).where(and_(*conditions))
-    statement = insert(deliveries).from_select(_FAN_OUT_COLUMNS, matching)
-    # Without preserve_rowcount SQLAlchemy 2.1 reports -1 for an INSERT ... SELECT on psycopg.
-    result = conn.execute(statement.execution_options(preserve_rowcount=True))
-    return result.rowcount
+) -> tuple[int, int]:
+    """Outbox rows for the next `limit` matching bindings in id order, queued at the
+    account's place in the fair queue: (rows written, the last binding id written)."""
+    start = fair_start(conn, account_sid)
+    params = {
+        "notification_id": notification_id,
+        "service_id": query.service_id,
+        "after": after_binding_id,
+        "last": last_binding_id,
+        "limit": limit,
+        "offset": 0,
+        "now": now,
+        "expires_at": expires_at,
+        "reported": reported,
+        "fair_start": start,
+        **{f"identity_{i}": v for i, v in enumerate(query.identities)},
+        **{f"tag_{i}": v for i, v in enumerate(query.tags)},
+        **{f"binding_type_{i}": v for i, v in enumerate(query.binding_types)},
+    }
+    statement = _chunk_statement(len(query.identities), len(query.tags), len(query.binding_types))
+    written = [row[0] for row in statement.execute(conn, params).fetchall()]
+    if written:
+        advance_fair_clock(conn, account_sid, start + len(written))
+    return len(written), max(written, default=after_binding_id)
+
+
+@functools.cache
+def _chunk_statement(identities: int, tags: int, binding_types: int) -> Prepared:
+    """One chunk's INSERT ... SELECT ... RETURNING, per shape of query. Prepared: a chunk
+    rebuilt as Core each time spent more of the GIL on SQLAlchemy's cache keys and result rows
+    than on anything else it does in Python."""
+    conditions = [
+        bindings.c.service_id == bindparam("service_id"),
+        bindings.c.id > bindparam("after"),
+        bindings.c.id <= bindparam("last"),
+    ]
+    if identities:
+        conditions.append(
+            bindings.c.identity.in_([bindparam(f"identity_{i}") for i in range(identities)])
+        )
+    conditions.extend(
+        bindings.c.binding_type == bindparam(f"binding_type_{i}") for i in range(binding_types)
+    )
+    # EXISTS probes binding_tags' primary key per binding; an IN (subquery) let PostgreSQL
+    # hash every tagged binding of the service again for each chunk.
+    conditions.extend(
+        select(binding_tags.c.binding_id)
+        .where(
+            binding_tags.c.binding_id == bindings.c.id,
+            binding_tags.c.tag == bindparam(f"tag_{i}"),
+        )
+        .exists()
+        for i in range(tags)
+    )
+    chunk = (
+        select(
+            bindings.c.id,
+            bindings.c.service_id,
+            bindings.c.sid,
+            bindings.c.identity,
+            bindings.c.binding_type,
+            bindings.c.address,
+            bindings.c.credential_sid,
+        )
+        .where(*conditions)
+        .order_by(bindings.c.id)
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))  # SQLite's LIMIT comes with an OFFSET
+        .subquery()
+    )
+    rows = select(
+        bindparam("notification_id", type_=BigInteger),
+        chunk.c.service_id,
+        chunk.c.id,
+        chunk.c.sid,
+        chunk.c.identity,
+        chunk.c.binding_type,
+        chunk.c.address,
+        chunk.c.credential_sid,
+        literal_column(f"'{PENDING}'"),
+        literal_column("0"),
+        bindparam("now", type_=DateTime),
+        bindparam("expires_at", type_=DateTime),
+        bindparam("reported", type_=Boolean),
+        bindparam("now", type_=DateTime),
+        bindparam("now", type_=DateTime),
+        bindparam("fair_start", type_=BigInteger) + func.row_number().over(order_by=chunk.c.id),
+    )
+    statement = (
+        insert(deliveries).from_select(_FAN_OUT_COLUMNS, rows).returning(deliveries.c.binding_id)
+    )
+    return Prepared(statement)
+
+
+def insert_expansion(conn: Connection, values: dict) -> None:
+    conn.execute(insert(expansions), values)
+
+
+_NEXT_EXPANSION = (
+    select(expansions)
+    .order_by(expansions.c.advanced_at, expansions.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+
+
+def expand_next(conn: Connection, *, limit: int, now: datetime) -> int | None:
+    """The next chunk of the expansion least recently advanced: the rows written, or None
+    when no expansion waits. The cursor moves in the same transaction as the rows, so a
+    crash between chunks neither loses nor doubles a target. On PostgreSQL the row lock
+    (SKIP LOCKED) keeps two workers off the same expansion; SQLite has one writer anyway."""
+    expansion = conn.execute(_NEXT_EXPANSION).first()
+    if expansion is None:
+        return None
+    query = Query(
+        expansion.service_id,
+        orjson.loads(expansion.identities),
+        orjson.loads(expansion.tags),
+        orjson.loads(expansion.binding_types),
+    )
+    count, after = write_chunk(
+        conn,
+        expansion.notification_id,
+        expansion.account_sid,
+        query,
+        after_binding_id=expansion.after_binding_id,
+        last_binding_id=expansion.last_binding_id,
+        limit=limit,
+        now=now,
+        expires_at=expansion.expires_at,
+        reported=expansion.reported,
+    )
+    this = expansions.c.id == expansion.id
+    if count < limit:
+        conn.execute(delete(expansions).where(this))
+    else:
+        conn.execute(update(expansions).where(this).values(after_binding_id=after, advanced_at=now))
+    return count
 
 
 def fan_out_to_addresses(

@@ -19,11 +19,18 @@ async def create_notification(request: Request) -> Response:
     account_sid = await web.authenticate(request)
     form = NotificationForm.parse(await web.read_form(request))
     web.check_callback_url(request, form.delivery_callback_url)
+    chunk_size = request.app.state.settings.fanout_chunk_size
     notification = await web.write(
-        request, lambda conn: operations.create_notification(conn, account_sid, service_sid, form)
+        request,
+        lambda conn: operations.create_notification(
+            conn, account_sid, service_sid, form, chunk_size
+        ),
     )
+    worker = request.app.state.delivery_worker
     if notification.deliveries:
-        request.app.state.delivery_worker.wake()
+        worker.wake()
+    if notification.expanding:
+        worker.expander.wake()
     return web.json_response(NotificationResource.render(notification), 201)
 
 
