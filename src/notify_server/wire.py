@@ -64,6 +64,10 @@ class FormData:
     def __contains__(self, key: str) -> bool:
         return key in self._items
 
+    def names(self) -> list[str]:
+        """Each parameter name once, in the order the client first sent it."""
+        return list(self._items)
+
 
 def quote_segment(value: str) -> str:
     return quote(value, safe="")
