@@ -470,6 +470,10 @@ class TestCreateSegmentMembership:
         response = client.post(f"{user_path(service_sid, 'alice')}/SegmentMemberships")
         assert response.status_code == 401
 
+    def test_unknown_service_is_404(self, client, account):
+        path = f"{user_path(UNKNOWN_SERVICE, 'alice')}/SegmentMemberships"
+        assert_not_found(client.post(path, auth=account.auth), path[3:])
+
     def test_no_membership_is_found(self, client, account, service_sid, people):
         response = client.get(
             f"{user_path(service_sid, 'alice')}/SegmentMemberships/premium", auth=account.auth

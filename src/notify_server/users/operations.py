@@ -8,7 +8,7 @@ so the list is empty and no user is in one.
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection
 
@@ -154,6 +154,11 @@ def delete_user_binding(
 ) -> None:
     fetch_user_binding(conn, account_sid, service_sid, identity, sid)
     bindings.delete_binding(conn, account_sid, service_sid, sid)
+
+
+def create_segment_membership(conn: Connection, account_sid: str, service_sid: str) -> NoReturn:
+    get_service(conn, account_sid, service_sid)  # an unknown service is 404, as everywhere
+    raise NotServed(f"{SEGMENTS_NOT_KEPT} of this User instead")
 
 
 def list_segments(

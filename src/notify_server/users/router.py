@@ -142,10 +142,13 @@ async def delete_user_binding(request: Request) -> Response:
 
 
 async def create_segment_membership(request: Request) -> Response:
-    web.path_sid(request, "service_sid", "IS")
+    service_sid = web.path_sid(request, "service_sid", "IS")
     path_identity(request)
-    await web.authenticate(request)
-    raise operations.NotServed(f"{operations.SEGMENTS_NOT_KEPT} of this User instead")
+    account_sid = await web.authenticate(request)
+    return await web.read(
+        request,
+        lambda conn: operations.create_segment_membership(conn, account_sid, service_sid),
+    )
 
 
 async def list_segments(request: Request) -> Response:
