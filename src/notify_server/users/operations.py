@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from notify_server.bindings import operations as bindings
 from notify_server.bindings.operations import BindingRecord
-from notify_server.bindings.schemas import BindingForm, BindingListQuery
+from notify_server.bindings.schemas import BindingListQuery
 from notify_server.errors import InvalidParameter, NotFound, TwilioError
 from notify_server.forms import ListQuery
 from notify_server.paging import Page, fetch_page
@@ -112,12 +112,6 @@ def list_users(
     )
     users = [_record(s, account_sid, service_sid) for s in page.items]
     return Page(users, page.next_token, page.previous_token)
-
-
-def create_user_binding(
-    conn: Connection, account_sid: str, service_sid: str, form: BindingForm
-) -> BindingRecord:
-    return bindings.create_binding(conn, account_sid, service_sid, form)
 
 
 def list_user_bindings(

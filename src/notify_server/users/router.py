@@ -6,6 +6,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notify_server import web
+from notify_server.bindings import operations as bindings
 from notify_server.bindings.schemas import BindingForm
 from notify_server.errors import NotFound
 from notify_server.forms import ListQuery
@@ -93,7 +94,7 @@ async def create_user_binding(request: Request) -> Response:
     form = BindingForm.parse(FormData(items))
     binding = await web.write(
         request,
-        lambda conn: operations.create_user_binding(conn, account_sid, service_sid, form),
+        lambda conn: bindings.create_binding(conn, account_sid, service_sid, form),
     )
     return web.json_response(user_binding_resource(binding, web.base_url(request)), 201)
 
