@@ -73,6 +73,17 @@ class TestCoverageTableIsCurrent:
             ("GET", "`/readyz`"),
             ("GET", "`/metrics`"),
             ("GET", "`/v1/Services/{service_sid}/Notifications/{sid}/Deliveries`"),
+            # Twilio's removed Users family (issue 10), not in its current description.
+            ("GET", "`/v1/Services/{service_sid}/Segments`"),
+            ("GET", "`/v1/Services/{service_sid}/Users`"),
+            ("POST", "`/v1/Services/{service_sid}/Users`"),
+            ("GET", "`/v1/Services/{service_sid}/Users/{identity}`"),
+            ("DELETE", "`/v1/Services/{service_sid}/Users/{identity}`"),
+            ("GET", "`/v1/Services/{service_sid}/Users/{identity}/Bindings`"),
+            ("POST", "`/v1/Services/{service_sid}/Users/{identity}/Bindings`"),
+            ("GET", "`/v1/Services/{service_sid}/Users/{identity}/Bindings/{sid}`"),
+            ("DELETE", "`/v1/Services/{service_sid}/Users/{identity}/Bindings/{sid}`"),
+            ("POST", "`/v1/Services/{service_sid}/Users/{identity}/SegmentMemberships`"),
         }
 
     def test_the_reference_copy_keeps_twilios_header(self):

@@ -132,6 +132,9 @@ class TestNodeSdkRoundtrip:
             "by_tags": ["carol", "grace"],
             "by_type": ["alice", "dave", "frank"],
             "fetched": {"sid": deleted, "date_created": summary["fetched"]["date_created"]},
+            "user": {"identity": "erin", "bindings": [deleted]},
+            "users": 7,
+            "segments": 0,
             "deleted": deleted,
             "removed": True,
             "remaining": [sid for sid in created if sid != deleted],
@@ -199,6 +202,32 @@ def _delete_answers_200(method: str, path: str, status: int, body: object) -> tu
     return status, body
 
 
+def _no_service_type(method: str, path: str, status: int, body: object) -> tuple[int, object]:
+    if isinstance(body, dict):
+        body.pop("type", None)
+    return status, body
+
+
+def _filters_reordered(method: str, path: str, status: int, body: object) -> tuple[int, object]:
+    # What a server that rebuilt the query in its own order (Tag before Identity) would send.
+    if isinstance(body, dict) and body.get("meta", {}).get("next_page_url"):
+        url = body["meta"]["next_page_url"]
+        if "&Tag=vip" in url:
+            head, query = url.split("?", 1)
+            params = query.split("&")
+            params.sort(key=lambda p: not p.startswith("Tag="))
+            body["meta"]["next_page_url"] = f"{head}?{'&'.join(params)}"
+    return status, body
+
+
+def _user_binding_url(method: str, path: str, status: int, body: object) -> tuple[int, object]:
+    # A user's bindings answered with their plain /Bindings URLs.
+    if isinstance(body, dict) and "/Users/" in path and body.get("bindings"):
+        for binding in body["bindings"]:
+            binding["url"] = binding["url"].replace(f"/Users/{binding['identity']}", "")
+    return status, body
+
+
 class TamperingProxy:
     """Forwards to the live server (keeping the Host header, so the server's URLs, paging
     included, lead back here) and lets `tamper` change each answer."""
@@ -260,6 +289,9 @@ class TestNodeSdkRoundtripFails:
             pytest.param(_offset_dates, "service on the wire", id="dates-not-in-Z-form"),
             pytest.param(_not_found_as_bad_request, "code: 20001", id="404-with-code-20001"),
             pytest.param(_delete_answers_200, "delete answers 204", id="delete-answers-200"),
+            pytest.param(_no_service_type, "service type on the wire", id="no-service-type"),
+            pytest.param(_filters_reordered, "parameter order", id="paging-filters-reordered"),
+            pytest.param(_user_binding_url, "lives under the user", id="user-binding-url"),
         ],
     )
     def test_a_misbehaving_server_fails_the_script(

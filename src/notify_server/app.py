@@ -41,6 +41,7 @@ from notify_server.notifications.router import routes as notifications_routes
 from notify_server.outbound import OutboundPolicy
 from notify_server.ratelimit import RateLimiter
 from notify_server.services.router import routes as services_routes
+from notify_server.users.router import routes as users_routes
 
 log = logging.getLogger("notify_server")
 # A probe's own timeout is usually a few seconds: answer before it gives up.
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Bindings first: routes are matched in order, and theirs are the busiest.
     for routes in (bindings_routes, notifications_routes, services_routes, credentials_routes):
         app.router.routes.extend(routes)
+    app.router.routes.extend(users_routes)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

@@ -2,7 +2,7 @@
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, KeysView, Mapping
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -63,6 +63,10 @@ class FormData:
 
     def __contains__(self, key: str) -> bool:
         return key in self._items
+
+    def names(self) -> KeysView[str]:
+        """Each parameter name once, in the order the client first sent it."""
+        return self._items.keys()
 
 
 def quote_segment(value: str) -> str:

@@ -17,9 +17,16 @@ UNKNOWN = {
     "BS": "BS" + "2" * 32,
     "CR": "CR" + "3" * 32,
     "NT": "NT" + "5" * 32,
+    "US": "someone",  # Users are addressed by identity
 }
 # The prefix of the SID that follows each collection name in a path.
-PREFIX_AFTER = {"Services": "IS", "Bindings": "BS", "Credentials": "CR", "Notifications": "NT"}
+PREFIX_AFTER = {
+    "Services": "IS",
+    "Bindings": "BS",
+    "Credentials": "CR",
+    "Notifications": "NT",
+    "Users": "US",
+}
 # Every operation we serve today; the route table must contain at least these.
 EXPECTED_ROUTES = {
     ("POST", "/v1/Services"),

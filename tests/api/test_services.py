@@ -45,6 +45,7 @@ def expected_service(sid: str, account_sid: str, date: str, **fields) -> dict:
         "default_gcm_notification_protocol_version": "3",
         "default_fcm_notification_protocol_version": "3",
         "log_enabled": True,
+        "type": "S",
         "url": url,
         "links": {
             "bindings": f"{url}/Bindings",

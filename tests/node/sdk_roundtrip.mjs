@@ -141,6 +141,8 @@ async function main() {
   assert.equal(service.logEnabled, true);
   assert.equal(service.url, `${BASE_URL}/v1/Services/${service.sid}`);
   assertDate(service.dateCreated, asJson(http.exchanges.at(-1).body).date_created, "service");
+  // Every SDK fixture's Service carries "type": "S"; twilio-node has no property for it.
+  assert.equal(asJson(http.exchanges.at(-1).body).type, "S", "service type on the wire");
   const bindings = notify.services(service.sid).bindings;
 
   // --- create 7 bindings: different identities, tags, types ----------------------------------
@@ -214,8 +216,15 @@ async function main() {
   const byType = await bindings.list({ tag: ["apn"] });
   assert.deepEqual(sids(byType), [sidOf.alice, sidOf.dave, sidOf.frank], "a type name as a tag");
 
-  const both = await bindings.list({ identity: ["alice", "bob", "erin"], tag: ["vip"] });
+  mark = http.exchanges.length;
+  const both = await bindings.list({ identity: ["alice", "bob", "erin"], tag: ["vip"], pageSize: 1 });
   assert.deepEqual(sids(both), [sidOf.alice, sidOf.erin]);
+  // The paging URLs keep the parameters in the order the SDK sent them (Identity, then Tag).
+  assert.equal(
+    new URL(pagesSince(mark, "bindings")[0].next).search.split("&Page=")[0],
+    "?Identity=alice&Identity=bob&Identity=erin&Tag=vip&PageSize=1",
+    "paging URL keeps the SDK's parameter order",
+  );
 
   const none = await bindings.list({ identity: ["nobody"] });
   assert.deepEqual(none, []);
@@ -232,6 +241,33 @@ async function main() {
   assert.deepEqual(fetched.links, {
     user: `${BASE_URL}/v1/Services/${service.sid}/Users/erin`,
   });
+
+  // --- the links lead somewhere: Users and Segments, which twilio-node has no classes for, ------
+  // through the client's own request() (auth, headers, the recording HTTP client) ------------------
+  const get = async (uri) => {
+    const response = await client.request({ method: "get", uri });
+    assert.equal(response.statusCode, 200, `GET ${uri}: ${JSON.stringify(response.body)}`);
+    return asJson(response.body);
+  };
+  const user = await get(fetched.links.user);
+  assert.equal(user.identity, "erin");
+  assert.match(user.sid, SID("US"));
+  assert.equal(user.url, fetched.links.user);
+  const userBindings = await get(user.links.bindings);
+  assert.deepEqual(sids(userBindings.bindings), [sidOf.erin]);
+  assert.equal(
+    userBindings.bindings[0].url,
+    `${fetched.links.user}/Bindings/${sidOf.erin}`,
+    "a user's binding lives under the user",
+  );
+  const users = await get(service.links.users);
+  assert.deepEqual(
+    users.users.map((u) => u.identity),
+    PLAN.map((p) => p.identity),
+    "one user per identity",
+  );
+  const segments = await get(service.links.segments);
+  assert.deepEqual(segments.segments, [], "no segments are kept");
 
   // --- delete it, then it is gone -------------------------------------------------------------
   const removed = await bindings(sidOf.erin).remove();
@@ -295,6 +331,9 @@ async function main() {
     by_tags: byTags.map((b) => b.identity),
     by_type: byType.map((b) => b.identity),
     fetched: { sid: fetched.sid, date_created: fetched.dateCreated.toISOString() },
+    user: { identity: user.identity, bindings: sids(userBindings.bindings) },
+    users: users.users.length,
+    segments: segments.segments.length,
     deleted: sidOf.erin,
     removed,
     remaining,

@@ -64,19 +64,6 @@ class BindingListQuery(ListQuery):
     )
     tags: list[Tag] = Field(default_factory=list, alias="Tag", max_length=MAX_TAG_FILTERS)
 
-    def filters(self) -> dict[str, str | list[str]]:
-        """The filters as given, for the paging URLs."""
-        kept: dict[str, str | list[str]] = {}
-        if self.start_date:
-            kept["StartDate"] = self.start_date.isoformat()
-        if self.end_date:
-            kept["EndDate"] = self.end_date.isoformat()
-        if self.identities:
-            kept["Identity"] = self.identities
-        if self.tags:
-            kept["Tag"] = self.tags
-        return kept
-
 
 def binding_resource(record: "BindingRecord", base_url: str) -> dict[str, Any]:
     """Twilio's Binding, exactly its keys. A plain dict: on the hot paths a Pydantic model

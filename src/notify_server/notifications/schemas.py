@@ -11,7 +11,7 @@ from pydantic import (
 
 from notify_server.bindings.schemas import E164, BindingType, Identity, Tag
 from notify_server.errors import InvalidParameter
-from notify_server.forms import Form, HttpUrl, Text4096
+from notify_server.forms import Form, HttpUrl, JsonObject, Text4096
 from notify_server.json_input import InvalidJson, read_json
 from notify_server.wire import format_date
 
@@ -25,21 +25,6 @@ FORBIDDEN_OVERRIDE_KEYS = {
     "Gcm": {"to", "registration_ids", "notification_key"},
 }
 _RESERVED_PREFIX = "twi_"
-
-
-def _json_object(value: Any) -> Any:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError("must be a JSON object")
-    # Its InvalidJson is a ValueError: pydantic reports it under the parameter's name.
-    parsed = read_json(value)
-    if not isinstance(parsed, dict):
-        raise ValueError("must be a JSON object")
-    return parsed
-
-
-JsonObject = Annotated[dict[str, Any] | None, BeforeValidator(_json_object)]
 
 
 class ToBinding(BaseModel):

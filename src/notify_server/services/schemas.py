@@ -49,9 +49,6 @@ class ServiceForm(Form):
 class ServiceListQuery(ListQuery):
     friendly_name: Text64 | None = Field(default=None, alias="FriendlyName")
 
-    def filters(self) -> dict[str, str | list[str]]:
-        return {} if self.friendly_name is None else {"FriendlyName": self.friendly_name}
-
 
 class ServiceResource(BaseModel):
     sid: str
@@ -68,6 +65,8 @@ class ServiceResource(BaseModel):
     default_gcm_notification_protocol_version: str
     default_fcm_notification_protocol_version: str
     log_enabled: bool
+    # Every SDK fixture since 2017 carries it, always "S"; its meaning is not documented.
+    type: str
     url: str
     links: dict[str, str]
     alexa_skill_id: str | None
@@ -85,4 +84,4 @@ class ServiceResource(BaseModel):
             name: f"{url}/{name.title()}"
             for name in ("bindings", "notifications", "segments", "users")
         }
-        return cls(**values, url=url, links=links).model_dump()
+        return cls(**values, type="S", url=url, links=links).model_dump()
