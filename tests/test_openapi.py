@@ -175,9 +175,9 @@ def test_everything_added_is_marked_as_an_extension(description: dict) -> None:
         for method in METHODS:
             if method in item:
                 assert item[method][EXTENSION] is True, (path, method)
-    for name in description["components"]["schemas"].keys() - twilio["components"][
-        "schemas"
-    ].keys():
+    for name in (
+        description["components"]["schemas"].keys() - twilio["components"]["schemas"].keys()
+    ):
         assert description["components"]["schemas"][name][EXTENSION] is True, name
     for path in ("/v1/Credentials", "/v1/Credentials/{Sid}"):
         properties = form_properties(description, path)
@@ -238,4 +238,6 @@ def test_shipped_copy_is_twilios_description() -> None:
 def test_no_authentication_needed(client: TestClient) -> None:
     response = client.get("/openapi.json", auth=("ACnot", "a real account"))
     assert response.status_code == 200
+    # `.json` is optional on every path, this one too.
+    assert client.get("/openapi").json() == response.json()
     assert client.post("/openapi.json").json()["code"] == 20004

@@ -64,7 +64,9 @@ async def openapi_description(request: Request) -> Response:
 
 
 async def docs_page(request: Request) -> Response:
-    return Response(_asset("docs.html"), media_type="text/html; charset=utf-8", headers=DOCS_HEADERS)
+    return Response(
+        _asset("docs.html"), media_type="text/html; charset=utf-8", headers=DOCS_HEADERS
+    )
 
 
 async def docs_asset(request: Request) -> Response:

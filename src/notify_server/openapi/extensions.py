@@ -139,8 +139,7 @@ def paths(twilio: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                     "deliveries": {
                                         "type": "array",
                                         "items": {
-                                            "$ref": "#/components/schemas/"
-                                            "notify_server.delivery"
+                                            "$ref": "#/components/schemas/notify_server.delivery"
                                         },
                                     },
                                     "meta": _page_meta(twilio),
