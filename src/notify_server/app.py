@@ -25,6 +25,7 @@ from notify_server.crypto import SecretKeyError, secret_box_for
 from notify_server.db import Checkpointer, Database, make_engine
 from notify_server.delivery.worker import DeliveryWorker
 from notify_server.deployment import check_secret_key, check_when_reachable
+from notify_server.docs_routes import routes as docs_routes
 from notify_server.edge import Edge
 from notify_server.errors import (
     InvalidParameter,
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for routes in (bindings_routes, notifications_routes, services_routes, credentials_routes):
         app.router.routes.extend(routes)
     app.router.routes.extend(users_routes)
+    app.router.routes.extend(docs_routes)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

@@ -1,0 +1,241 @@
+"""What notify-server serves beyond Twilio's Notify v1, as OpenAPI fragments merged into
+Twilio's description. Every fragment carries `x-notify-server-extension: true`."""
+
+from typing import Any
+
+EXTENSION = "x-notify-server-extension"
+DELIVERY_TAG = "NotifyServerDelivery"
+OPERATIONS_TAG = "NotifyServerOperations"
+
+
+def marked(fragment: dict[str, Any], description: str) -> dict[str, Any]:
+    return {**fragment, EXTENSION: True, "description": f"notify-server extension: {description}"}
+
+
+def _sid(prefix: str, *, nullable: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "string",
+        "minLength": 34,
+        "maxLength": 34,
+        "pattern": f"^{prefix}[0-9a-fA-F]{{32}}$",
+    }
+    return {**schema, "nullable": True} if nullable else schema
+
+
+def _text(*, nullable: bool = True, **more: Any) -> dict[str, Any]:
+    return {"type": "string", "nullable": nullable, **more}
+
+
+# The APNs token-auth and FCM v1 fields of CredentialUpdateForm (credentials/schemas.py).
+CREDENTIAL_FIELDS: dict[str, dict[str, Any]] = {
+    "TokenKey": marked(
+        {"type": "string", "maxLength": 65536},
+        "[APN only, token auth] The PEM text of an APNs auth key (.p8). With `KeyId` and"
+        " `TeamId` it signs the provider token used instead of `Certificate`/`PrivateKey`.",
+    ),
+    "KeyId": marked(
+        {"type": "string", "maxLength": 64},
+        "[APN only, token auth] The Key ID Apple shows for the .p8 key.",
+    ),
+    "TeamId": marked(
+        {"type": "string", "maxLength": 64},
+        "[APN only, token auth] The Apple Developer Team ID that issued the key.",
+    ),
+    "BundleId": marked(
+        {"type": "string", "maxLength": 256},
+        "[APN only] The app's bundle id, sent as `apns-topic`; required with token auth.",
+    ),
+    "ServiceAccount": marked(
+        {"type": "string", "maxLength": 65536},
+        "[FCM only] A Google service account JSON key file (with `project_id`,"
+        " `client_email` and `private_key`): notifications go out through FCM HTTP v1"
+        " instead of the legacy `Secret`. Write-only, like every secret.",
+    ),
+}
+
+DELIVERY_SCHEMA = marked(
+    {
+        "type": "object",
+        "properties": {
+            "notification_sid": _sid("NT"),
+            "binding_sid": {
+                **_sid("BS", nullable=True),
+                "description": "Null for a `ToBinding` target.",
+            },
+            "identity": _text(),
+            "binding_type": {"$ref": "#/components/schemas/binding_enum_binding_type"},
+            "address": _text(nullable=False),
+            "status": {"type": "string", "enum": ["pending", "sending", "sent", "failed"]},
+            "attempts": {"type": "integer"},
+            "provider_message_id": _text(),
+            "provider_status": {"type": "integer", "nullable": True},
+            "provider_response": _text(),
+            "error_message": _text(),
+            "callback_error": _text(
+                description="Why no delivery callback reports this delivery, if none does."
+            ),
+            "date_created": _text(nullable=False, format="date-time"),
+            "date_updated": _text(nullable=False, format="date-time"),
+        },
+    },
+    "What happened to one target of a Notification.",
+)
+
+
+def _path_sid(name: str, prefix: str, what: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "description": f"The SID of the {what}.",
+        "schema": _sid(prefix),
+        "required": True,
+    }
+
+
+def _paging_parameters(twilio: dict[str, Any]) -> list[dict[str, Any]]:
+    # The same PageSize/Page/PageToken as every Twilio list.
+    listing = twilio["paths"]["/v1/Credentials"]["get"]
+    return [p for p in listing["parameters"] if p["name"] in ("PageSize", "Page", "PageToken")]
+
+
+def _page_meta(twilio: dict[str, Any]) -> dict[str, Any]:
+    listing = twilio["paths"]["/v1/Credentials"]["get"]
+    response = listing["responses"]["200"]["content"]["application/json"]["schema"]
+    meta: dict[str, Any] = response["properties"]["meta"]
+    return meta
+
+
+def _json_answer(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _status_schema(*values: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"status": {"type": "string", "enum": list(values)}},
+    }
+
+
+def paths(twilio: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    deliveries = marked(
+        {
+            "get": marked(
+                {
+                    "operationId": "ListDelivery",
+                    "tags": [DELIVERY_TAG],
+                    "summary": "List a Notification's deliveries",
+                    "security": [{"accountSid_authToken": []}],
+                    "parameters": [
+                        _path_sid("ServiceSid", "IS", "Service the Notification belongs to"),
+                        _path_sid("Sid", "NT", "Notification"),
+                        *_paging_parameters(twilio),
+                    ],
+                    "responses": {
+                        "200": _json_answer(
+                            {
+                                "type": "object",
+                                "title": "ListDeliveryResponse",
+                                "properties": {
+                                    "deliveries": {
+                                        "type": "array",
+                                        "items": {
+                                            "$ref": "#/components/schemas/notify_server.delivery"
+                                        },
+                                    },
+                                    "meta": _page_meta(twilio),
+                                },
+                            },
+                            "OK",
+                        )
+                    },
+                },
+                "one row per target, oldest first, in Twilio's paging envelope.",
+            )
+        },
+        "what happened to each target of a Notification (Twilio has no such resource).",
+    )
+    health = {
+        "tags": [OPERATIONS_TAG],
+        "security": [],
+    }
+    return {
+        "/v1/Services/{ServiceSid}/Notifications/{Sid}/Deliveries": deliveries,
+        "/healthz": marked(
+            {
+                "get": marked(
+                    {
+                        **health,
+                        "operationId": "Healthz",
+                        "responses": {"200": _json_answer(_status_schema("ok"), "Alive")},
+                    },
+                    "the process answers (liveness); no database access.",
+                )
+            },
+            "liveness probe.",
+        ),
+        "/readyz": marked(
+            {
+                "get": marked(
+                    {
+                        **health,
+                        "operationId": "Readyz",
+                        "responses": {
+                            "200": _json_answer(_status_schema("ready"), "Ready"),
+                            "503": _json_answer(
+                                {
+                                    **_status_schema("unavailable"),
+                                    "properties": {
+                                        "status": {"type": "string", "enum": ["unavailable"]},
+                                        "reason": {"type": "string"},
+                                    },
+                                },
+                                "Not ready, and why",
+                            ),
+                        },
+                    },
+                    "the database answers, is migrated and the secret key is checked.",
+                )
+            },
+            "readiness probe.",
+        ),
+        "/metrics": marked(
+            {
+                "get": marked(
+                    {
+                        "tags": [OPERATIONS_TAG],
+                        "operationId": "Metrics",
+                        "security": [{"metricsToken": []}],
+                        "responses": {
+                            "200": {
+                                "description": "Prometheus text exposition",
+                                "content": {"text/plain": {"schema": {"type": "string"}}},
+                            },
+                            "404": {"description": "No `NOTIFY_METRICS_TOKEN` is set"},
+                        },
+                    },
+                    "Prometheus metrics; on the API port only when NOTIFY_METRICS_TOKEN is set.",
+                )
+            },
+            "Prometheus metrics.",
+        ),
+    }
+
+
+def apply(description: dict[str, Any]) -> None:
+    """Merge the extensions into Twilio's description, in place."""
+    description["paths"].update(paths(description))
+    components = description["components"]
+    components["schemas"]["notify_server.delivery"] = DELIVERY_SCHEMA
+    components["securitySchemes"]["metricsToken"] = marked(
+        {"type": "http", "scheme": "bearer"}, "NOTIFY_METRICS_TOKEN, for /metrics."
+    )
+    for path, operation in (("/v1/Credentials", "post"), ("/v1/Credentials/{Sid}", "post")):
+        body = description["paths"][path][operation]["requestBody"]
+        form = body["content"]["application/x-www-form-urlencoded"]["schema"]
+        form["properties"].update(CREDENTIAL_FIELDS)
+    description["tags"].extend(
+        [
+            marked({"name": DELIVERY_TAG}, "deliveries of a Notification."),
+            marked({"name": OPERATIONS_TAG}, "probes and metrics for operators."),
+        ]
+    )
