@@ -839,8 +839,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=5,
         metavar="SECONDS",
-        help="with --pg-delay-us: one-connection runs of this length that estimate database"
-        " round trips per request from the latency the proxy adds (0 = off; default 5)",
+        help="with --pg-delay-us: one-connection runs of this length, direct and through a"
+        f" proxy adding {2 * PROBE_DELAY_US / 1000:g} ms, that count database round trips per"
+        " request from the latency it adds (0 = off; default 5)",
     )
     parser.add_argument("--json", type=Path, help="also write every run and the checks here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, db)")
@@ -895,74 +896,79 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# The one-connection runs that count round trips go through a proxy of their own with a long
+# delay, so that the delay dwarfs the jitter of a request (a commit's fsync on a busy disk).
+PROBE_DELAY_US = 2500
+
+
 def measure_network(
     processes: Processes, args: argparse.Namespace, work: Path, ports: support.Ports
-) -> tuple[int, dict[str, float]]:
-    """Start delayproxy in front of the database; time SELECT 1 direct, through a 0 us proxy
-    (the hop's own cost) and through the delaying one. Returns the delaying proxy's port."""
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Start delayproxy in front of the database: at 0 us (what the hop itself costs), at
+    --pg-delay-us and at PROBE_DELAY_US; time SELECT 1 direct and through each.
+    Returns the proxies' ports and the round trips in ms, both by name."""
     url = args.database_url
     binary = support.compile_delayproxy(work)
     target = support.libpq_params(url)
+    delays = {"hop": 0, "proxy": args.pg_delay_us, "probe": PROBE_DELAY_US}
     proxies = {}
-    for name, delay in (("proxy 0 us", 0), (f"proxy {args.pg_delay_us} us", args.pg_delay_us)):
+    for name, delay in delays.items():
         port = ports.take()
         process = processes.start(
             [binary.as_posix(), HOST, str(port), target["host"], str(target["port"]), str(delay)],
             env=dict(os.environ),
-            log=work / f"delayproxy-{delay}.log",
+            log=work / f"delayproxy-{name}.log",
         )
         support.wait_listening(HOST, port, process, "delayproxy")
         proxies[name] = port
     rtt = {"direct": support.select1_rtt_ms(url)}
     for name, port in proxies.items():
         rtt[name] = support.select1_rtt_ms(url, port)
-    added = rtt[f"proxy {args.pg_delay_us} us"] - rtt["direct"]
-    wanted = 2 * args.pg_delay_us / 1000
-    print(
-        "SELECT 1 round trip (median of 300): "
-        + ", ".join(f"{k} {v:.3f} ms" for k, v in rtt.items())
-        + f"; the proxy adds {added:.3f} ms (wanted {wanted:.3f})",
-        flush=True,
-    )
-    if abs(added - wanted) > max(0.3, 0.3 * wanted):
-        print(f"  warning: the proxy adds {added:.3f} ms, not {wanted:.3f} ms", flush=True)
-    return proxies[f"proxy {args.pg_delay_us} us"], rtt
+    print("SELECT 1 round trip, median of 300 on one connection:")
+    for name in ("direct", *delays):
+        added = rtt[name] - rtt["direct"]
+        wanted = 2 * delays.get(name, 0) / 1000
+        flag = ""
+        if name != "direct" and abs(added - wanted) > max(0.3, 0.3 * wanted):
+            flag = "  !! not what the delay should add"
+        print(
+            f"  {name:<7} delay {delays.get(name, 0):>5} us: {rtt[name]:7.3f} ms"
+            f"  (+{added:.3f} ms, wanted +{wanted:.3f}){flag}",
+            flush=True,
+        )
+    return proxies, rtt
 
 
 def round_trips(
-    order: dict[str, Scenario],
-    servers: list[Variant],
-    rtt: dict[str, float],
-    delay_us: int,
-    seconds: int,
-    **common: Any,
+    order: dict[str, Scenario], rtt: dict[str, float], seconds: int, **common: Any
 ) -> None:
-    """Database round trips per request ≈ the latency one connection gains through the proxy
-    over the round trip the proxy adds (one request at a time: no queueing in the figure)."""
-    added = rtt[f"proxy {delay_us} us"] - rtt["direct"]
+    """Database round trips per request: the latency one connection gains through the probe
+    proxy over the round trip that proxy adds (one request at a time: no queueing in it)."""
+    added = rtt["probe"] - rtt["direct"]
     pids, ports_ = common.pop("pids"), common.pop("ports")
-    print(f"\n== database round trips per request: 1 connection, {seconds} s each ==")
-    direct = next(v for v in servers if not v.key)
-    proxied = next(v for v in servers if v.proxied and v.workers == direct.workers)
-    for base in ("create", "fetch", "list"):
+    print(
+        f"\n== database round trips per request: 1 connection, {seconds} s each, direct and"
+        f" through a proxy adding {added:.2f} ms =="
+    )
+    for base in ("create", "fetch", "list", "deep-page"):
         if base not in order:
             continue
         p50 = {}
-        for variant in (direct, proxied):
-            name = f"{base}@{variant.key}" if variant.key else base
-            run = wrk(
-                order[name],
-                seconds=seconds,
-                connections=1,
-                port=ports_[variant.server],
-                server_pid=pids[variant.server],
-                cpus=server_cpus(variant.workers),
-                **common,
-            )
-            p50[variant.proxied] = run.p50_ms
+        for server in ("notify", "notify@probe"):
+            for seconds_ in (1, seconds):  # the first to open the pool's connections
+                run = wrk(
+                    order[base],
+                    seconds=seconds_,
+                    connections=1,
+                    port=ports_[server],
+                    server_pid=pids[server],
+                    **common,
+                )
+            p50[server] = run.p50_ms
+        trips = (p50["notify@probe"] - p50["notify"]) / added
         print(
-            f"{order[base].label:<30} p50 {p50[False]:6.2f} ms direct, {p50[True]:6.2f} ms"
-            f" proxied: {(p50[True] - p50[False]) / added:4.1f} round trips",
+            f"{order[base].label:<30} p50 {p50['notify']:7.2f} ms direct,"
+            f" {p50['notify@probe']:7.2f} ms through the probe: {trips:4.1f} round trips",
             flush=True,
         )
 
@@ -1013,10 +1019,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"load before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
             ports = support.Ports(HOST, args.ports)
             rtt: dict[str, float] = {}
-            proxied_url = None
+            proxy_url: dict[bool, str] = {}
+            probing = args.pg_delay_us is not None and args.round_trips > 0
             if args.pg_delay_us is not None:
-                proxy_port, rtt = measure_network(processes, args, work, ports)
-                proxied_url = support.with_port(database_url, HOST, proxy_port)
+                proxies, rtt = measure_network(processes, args, work, ports)
+                proxy_url[True] = support.with_port(database_url, HOST, proxies["proxy"])
+                probe_url = support.with_port(database_url, HOST, proxies["probe"])
             port_of = {"bare": ports.take()}
             logs = {"bare": work / "bare.log"}
             bare = processes.start(
@@ -1036,13 +1044,14 @@ def main(argv: list[str] | None = None) -> int:
             servers = {"bare": bare}
             wait_healthy(bare, port_of["bare"], logs["bare"])
             # One after another: the first migrates the database, the others find it done.
-            for variant in servers_:
+            # The probe (one worker, through the long-delay proxy) only counts round trips.
+            probe = [Variant("probe", "", True, 1)] if probing else []
+            for variant in servers_ + probe:
                 key = variant.server
                 port_of[key] = ports.take()
                 logs[key] = work / f"{key.replace('@', '_')}.log"
-                variant_env = env | (
-                    {"NOTIFY_DATABASE_URL": proxied_url} if variant.proxied and proxied_url else {}
-                )
+                url = probe_url if variant.key == "probe" else proxy_url.get(variant.proxied)
+                variant_env = env | ({"NOTIFY_DATABASE_URL": url} if url else {})
                 cpus = ",".join(map(str, server_cpus(variant.workers)))
                 servers[key] = processes.start(
                     pinned(
@@ -1145,12 +1154,10 @@ def main(argv: list[str] | None = None) -> int:
                             sys.exit(f"a server died (exit {process.returncode}); see --keep")
 
             checks = report(runs, args, order, servers_)
-            if args.pg_delay_us is not None and args.round_trips > 0:
+            if probing:
                 round_trips(
                     order,
-                    servers_,
                     rtt,
-                    args.pg_delay_us,
                     args.round_trips,
                     targets=targets,
                     threads=1,
