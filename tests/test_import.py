@@ -1080,11 +1080,13 @@ class TestImportLocks:
                 take(conn)
                 return {tuple(row) for row in conn.execute(text(held))}
 
+        service_sid = "IS" + "0" * 32
+
         def by_the_api(conn: Connection) -> None:
             for value in values:
-                repository.lock(conn, LOCK_IDENTITY, 42, value)
+                repository.lock_registration(conn, service_sid, value, endpoint_key=None)
 
-        by_the_import = locks_taken(lambda conn: lock_all(conn, LOCK_IDENTITY, 42, values))
+        by_the_import = locks_taken(lambda conn: lock_all(conn, LOCK_IDENTITY, service_sid, values))
         assert len(by_the_import) == len(values)
         assert by_the_import == locks_taken(by_the_api)
 

@@ -299,7 +299,9 @@ def flush_deferred(connection: Connection) -> None:
     with driver.pipeline():
         for statement, rows in deferred:
             statement.execute_many(connection, rows)
-        driver.commit()  # in the pipeline: the statements and COMMIT are one round trip
+        # As a statement: driver.commit() would sync at once, and leaving the pipeline
+        # syncs again; this way the statements and the COMMIT are one round trip.
+        driver.execute("COMMIT")
 
 
 def driver_connection(connection: Connection) -> Any:
@@ -339,27 +341,33 @@ class Prepared:
 
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
 
-    def _for(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None]:
+    def _for(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
             sql = cast(SQLCompiler, self.statement.compile(dialect=dialect))
             positional = dialect.paramstyle in ("qmark", "numeric", "format")
             names = tuple(sql.positiontup or ()) if positional else None
-            compiled = self._compiled[dialect.name] = (sql.string, names)
+            # Parameters the compiler added with a value of its own (SQLite's OFFSET -1).
+            fixed = {name: bind.value for name, bind in sql.binds.items() if not bind.required}
+            compiled = self._compiled[dialect.name] = (sql.string, names, fixed)
         return compiled
 
     def execute(self, conn: Connection, params: Mapping[str, Any] = _NO_PARAMS) -> Any:
         """The driver's cursor, executed."""
-        sql, names = self._for(conn.dialect)
+        sql, names, fixed = self._for(conn.dialect)
+        if fixed:
+            params = {**fixed, **params}
         if names is not None:  # SQLite: positional, dates as SQLAlchemy's text
             ordered = [_sqlite_value(params[name]) for name in names]
             return driver_connection(conn).execute(sql, ordered)
         return driver_connection(conn).execute(sql, params)
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        sql, names = self._for(conn.dialect)
+        sql, names, fixed = self._for(conn.dialect)
+        if fixed:
+            rows = [{**fixed, **row} for row in rows]
         cursor = driver_connection(conn).cursor()
         if names is not None:
             cursor.executemany(sql, [[_sqlite_value(row[n]) for n in names] for row in rows])

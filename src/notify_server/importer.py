@@ -617,13 +617,13 @@ _LOCK_ALL = text(
 
 
 def lock_all(
-    conn: Connection, namespace: int, service_id: int, values: Iterable[str | None]
+    conn: Connection, namespace: int, service_sid: str, values: Iterable[str | None]
 ) -> None:
-    """bindings.repository.lock for many values in one round trip; in key order, so two
+    """bindings.repository.lock_registration for many values in one round trip; in key order, so two
     imports never wait on each other crosswise. SQLite needs none (BEGIN IMMEDIATE)."""
     if conn.dialect.name != "postgresql":
         return
-    keys = sorted({lock_key(service_id, v) for v in values if v is not None})
+    keys = sorted({lock_key(service_sid, v) for v in values if v is not None})
     if keys:
         conn.execute(_LOCK_ALL, {"namespace": namespace, "keys": keys})
 
@@ -650,8 +650,8 @@ def write_bindings(
     service_id = service["id"]
     # The API's locks, so a registration arriving meanwhile cannot slip in between the checks
     # below and the writes; and its order (endpoints, then identities): no deadlock.
-    lock_all(conn, LOCK_ENDPOINT, service_id, [v["endpoint_key"] for v in records])
-    lock_all(conn, LOCK_IDENTITY, service_id, [v["identity"] for v in records])
+    lock_all(conn, LOCK_ENDPOINT, service["sid"], [v["endpoint_key"] for v in records])
+    lock_all(conn, LOCK_IDENTITY, service["sid"], [v["identity"] for v in records])
     existing = _rows_by_sid(conn, bindings, [v["sid"] for v in records])
     by_address = _holders(conn, service_id, "address_key", [v["address_key"] for v in records])
     by_endpoint = _holders(

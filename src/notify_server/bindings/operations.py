@@ -7,12 +7,10 @@ from datetime import datetime
 from sqlalchemy import Connection
 
 from notify_server.bindings import repository
-from notify_server.bindings.repository import LOCK_ENDPOINT, LOCK_IDENTITY, StoredBinding
+from notify_server.bindings.repository import StoredBinding
 from notify_server.bindings.schemas import BINDING_TYPES, BindingForm, BindingListQuery
-from notify_server.credentials import repository as credentials
 from notify_server.errors import InvalidParameter, LimitExceeded, NotFound
 from notify_server.paging import Page, fetch_page
-from notify_server.services import repository as services
 from notify_server.services.operations import get_service
 from notify_server.wire import new_sid, utcnow
 
@@ -61,18 +59,28 @@ def create_binding(
 
     The same Endpoint, or else the same identity + type + address, names the same binding:
     it keeps its sid and date_created. At most 20 bindings per identity, counted under a
-    lock so concurrent requests and several processes cannot overshoot.
+    lock so concurrent requests and several processes cannot overshoot. On PostgreSQL this
+    is two round trips: the locks with the probe, then the writes with the COMMIT.
     """
-    service = services.binding_defaults(conn, account_sid, service_sid)
-    if service is None:
+    address_key = repository.digest(form.identity, form.binding_type, form.address)
+    endpoint_key = _endpoint_key(form.endpoint)
+    probe = repository.lock_and_probe(
+        conn,
+        account_sid=account_sid,
+        service_sid=service_sid,
+        identity=form.identity,
+        address_key=address_key,
+        endpoint_key=endpoint_key,
+        credential_sid=form.credential_sid,
+    )
+    if probe is None:
         raise NotFound()
-    if form.credential_sid and not credentials.exists(conn, account_sid, form.credential_sid):
+    if form.credential_sid and not probe.credential_found:
         raise InvalidParameter(
             f"Parameter 'CredentialSid' is invalid: Credential {form.credential_sid} was not found"
         )
+    service = probe.service
     now = utcnow()
-    address_key = repository.digest(form.identity, form.binding_type, form.address)
-    endpoint_key = _endpoint_key(form.endpoint)
     values = {
         "identity": form.identity,
         "binding_type": form.binding_type,
@@ -86,18 +94,8 @@ def create_binding(
         "tags": form.tags,
         "date_updated": now,
     }
-
-    # Lock order is always endpoint, then identity: no two requests wait on each other.
-    if endpoint_key is not None:
-        repository.lock(conn, LOCK_ENDPOINT, service.service_id, endpoint_key)
-    repository.lock(conn, LOCK_IDENTITY, service.service_id, form.identity)
-
-    probe = repository.probe(conn, service.service_id, form.identity, address_key)
     same_address = probe.same_address
-    same_endpoint = (
-        repository.by_endpoint_key(conn, service.service_id, endpoint_key) if endpoint_key else None
-    )
-    existing = same_endpoint or same_address
+    existing = probe.same_endpoint or same_address
     if existing is not None and form.endpoint is None:
         # A re-registration that names no Endpoint keeps the one the binding has.
         values["endpoint"] = existing.endpoint
@@ -108,7 +106,7 @@ def create_binding(
             repository.delete_by_id(conn, same_address.id)
         elif existing.identity != form.identity:
             _check_identity_room(form.identity, probe.identity_bindings)
-        repository.update_binding(conn, existing.id, service.service_id, values)
+        repository.update_binding(conn, existing.id, existing.sid, values)
         return _new_record(existing.sid, account_sid, service_sid, existing.date_created, values)
 
     _check_identity_room(form.identity, probe.identity_bindings)
@@ -175,14 +173,14 @@ def split_tags(tags: Sequence[str]) -> tuple[list[str], list[str]]:
 def list_bindings(
     conn: Connection, account_sid: str, service_sid: str, query: BindingListQuery
 ) -> Page[BindingRecord]:
-    service = get_service(conn, account_sid, service_sid)
     binding_types, stored_tags = split_tags(query.tags)
     page = fetch_page(
         query.page_token,
         query.page_size,
         lambda after_id, before_id, limit: repository.page(
             conn,
-            service.id,
+            account_sid,
+            service_sid,
             identities=query.identities,
             tags=stored_tags,
             binding_types=binding_types,
@@ -193,4 +191,6 @@ def list_bindings(
             limit=limit,
         ),
     )
+    if not page.items:  # an empty page, or no such service: only then is it worth asking
+        get_service(conn, account_sid, service_sid)
     return Page([_record(s, service_sid) for s in page.items], page.next_token, page.previous_token)

@@ -1,5 +1,6 @@
 """Every SQL statement on bindings. Flushes, never commits."""
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,13 +22,15 @@ from sqlalchemy import (
 )
 
 from notify_server.bindings.models import Binding, BindingTag
-from notify_server.db import Prepared, stored_datetime
-from notify_server.paging import keyset
+from notify_server.credentials.models import Credential
+from notify_server.db import Prepared, defer, driver_connection, stored_datetime
 from notify_server.services.models import Service
+from notify_server.services.repository import DEFAULT_VERSION_TYPES, BindingDefaults
 
 bindings = cast(Table, Binding.__table__)
 binding_tags = cast(Table, BindingTag.__table__)
 services = cast(Table, Service.__table__)
+credentials = cast(Table, Credential.__table__)
 
 _COLUMNS = (
     bindings.c.id,
@@ -55,22 +58,53 @@ _FETCH = Prepared(
         bindings.c.sid == bindparam("sid"),
     )
 )
-_BY_ENDPOINT_KEY = Prepared(
-    select(*_COLUMNS).where(_IN_SERVICE, bindings.c.endpoint_key == bindparam("endpoint_key"))
-)
-# What a create needs to know first, in one round trip: the identity's bindings so far, and
-# the binding (if any) with this identity + type + address.
-_PROBE = Prepared(
+# What a create needs to know before it writes, in one statement: the service (and its
+# protocol-version defaults), the identity's bindings so far, whether the credential is the
+# account's, and the bindings this registration repeats: the one with the same address key,
+# the one with the same endpoint key (each join a lookup in a unique index). No row: no such
+# service.
+_same_address = bindings.alias("same_address")
+_same_endpoint = bindings.alias("same_endpoint")
+_CREATE_PROBE = Prepared(
     select(
+        services.c.id,
+        *(services.c[f"default_{t}_notification_protocol_version"] for t in DEFAULT_VERSION_TYPES),
         select(func.count())
-        .where(_IN_SERVICE, bindings.c.identity == bindparam("identity"))
+        .where(bindings.c.service_id == services.c.id, bindings.c.identity == bindparam("identity"))
         .scalar_subquery(),
-        select(bindings.c.id)
-        .where(_IN_SERVICE, bindings.c.address_key == bindparam("address_key"))
-        .scalar_subquery(),
+        select(credentials.c.id)
+        .where(
+            credentials.c.account_sid == bindparam("account_sid"),
+            credentials.c.sid == bindparam("credential_sid"),
+        )
+        .exists(),
+        *(_same_address.c[column.name] for column in _COLUMNS),
+        *(_same_endpoint.c[column.name] for column in _COLUMNS),
+    )
+    .select_from(
+        services.outerjoin(
+            _same_address,
+            and_(
+                _same_address.c.service_id == services.c.id,
+                _same_address.c.address_key == bindparam("address_key"),
+            ),
+        ).outerjoin(
+            _same_endpoint,
+            and_(
+                _same_endpoint.c.service_id == services.c.id,
+                _same_endpoint.c.endpoint_key == bindparam("endpoint_key"),
+            ),
+        )
+    )
+    .where(
+        services.c.account_sid == bindparam("account_sid"),
+        services.c.sid == bindparam("service_sid"),
     )
 )
-_BY_ID = Prepared(select(*_COLUMNS).where(bindings.c.id == bindparam("binding_id")))
+_PROBE_SAME_ADDRESS_AT = 1 + len(DEFAULT_VERSION_TYPES) + 2
+_PROBE_SAME_ENDPOINT_AT = _PROBE_SAME_ADDRESS_AT + len(_COLUMNS)
+
+
 # The columns a create or re-registration writes (the importer writes the same).
 WRITTEN_COLUMNS = (
     "identity",
@@ -85,25 +119,25 @@ WRITTEN_COLUMNS = (
     "date_updated",
 )
 _INSERT = Prepared(
-    insert(bindings)
-    .values(
+    insert(bindings).values(
         {
             name: bindparam(name)
             for name in (*WRITTEN_COLUMNS, "sid", "account_sid", "service_id", "date_created")
         }
     )
-    .returning(bindings.c.id)
 )
 _UPDATE = Prepared(
     update(bindings)
     .where(bindings.c.id == bindparam("binding_id"))
     .values({name: bindparam(name) for name in WRITTEN_COLUMNS})
 )
+# By the binding's sid: a new binding's id is not known to the request (it never waits for it).
 _INSERT_TAG = Prepared(
-    insert(binding_tags).values(
-        binding_id=bindparam("binding_id"),
-        service_id=bindparam("service_id"),
-        tag=bindparam("tag"),
+    insert(binding_tags).from_select(
+        ["binding_id", "service_id", "tag"],
+        select(bindings.c.id, bindings.c.service_id, bindparam("tag")).where(
+            bindings.c.sid == bindparam("sid")
+        ),
     )
 )
 _DELETE_TAGS = Prepared(
@@ -158,20 +192,29 @@ def digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
-def lock_key(service_id: int, value: str) -> int:
+def lock_key(service_sid: str, value: str) -> int:
     """The advisory-lock key of one identity (or endpoint) of a service."""
-    hashed = hashlib.blake2b(f"{service_id}\x00{value}".encode(), digest_size=4).digest()
+    hashed = hashlib.blake2b(f"{service_sid}\x00{value}".encode(), digest_size=4).digest()
     return int.from_bytes(hashed, "big", signed=True)
 
 
-def lock(conn: Connection, namespace: int, service_id: int, value: str) -> None:
-    """Serialise writers on one identity (or endpoint) across processes.
+def lock_registration(
+    conn: Connection, service_sid: str, identity: str, endpoint_key: str | None
+) -> None:
+    """Serialise writers on one identity (and endpoint) across processes.
 
     SQLite needs nothing: every write transaction there is BEGIN IMMEDIATE. On PostgreSQL
-    a transaction-scoped advisory lock; a hash collision only serialises a little more.
+    transaction-scoped advisory locks, endpoint first, then identity, so no two requests wait
+    on each other; a hash collision only serialises a little more. Keyed by the service's
+    sid, so they can be taken before the service is looked up.
     """
-    if conn.dialect.name == "postgresql":
-        _ADVISORY_LOCK.execute(conn, {"namespace": namespace, "key": lock_key(service_id, value)})
+    if conn.dialect.name != "postgresql":
+        return
+    if endpoint_key is not None:
+        key = lock_key(service_sid, endpoint_key)
+        _ADVISORY_LOCK.execute(conn, {"namespace": LOCK_ENDPOINT, "key": key})
+    key = lock_key(service_sid, identity)
+    _ADVISORY_LOCK.execute(conn, {"namespace": LOCK_IDENTITY, "key": key})
 
 
 def fetch(conn: Connection, account_sid: str, service_sid: str, sid: str) -> StoredBinding | None:
@@ -180,48 +223,80 @@ def fetch(conn: Connection, account_sid: str, service_sid: str, sid: str) -> Sto
 
 
 @dataclass(frozen=True)
-class Probe:
+class CreateProbe:
+    service: BindingDefaults
     identity_bindings: int
+    credential_found: bool
     same_address: StoredBinding | None
+    same_endpoint: StoredBinding | None
 
 
-def probe(conn: Connection, service_id: int, identity: str, address_key: str) -> Probe:
-    """How many bindings the identity has, and the binding with this address key."""
-    params = {"service_id": service_id, "identity": identity, "address_key": address_key}
-    count, same_address_id = _PROBE.one(conn, params)
-    same_address = None
-    if same_address_id is not None:
-        same_address = _stored(_BY_ID.one(conn, {"binding_id": same_address_id}))
-    return Probe(count, same_address)
+def lock_and_probe(
+    conn: Connection,
+    *,
+    account_sid: str,
+    service_sid: str,
+    identity: str,
+    address_key: str,
+    endpoint_key: str | None,
+    credential_sid: str | None,
+) -> CreateProbe | None:
+    """lock_registration, then what the create must know (None: no such service).
+
+    On PostgreSQL BEGIN, the locks and the probe go in one pipeline: one round trip, the
+    probe still run under the locks.
+    """
+    params = {
+        "account_sid": account_sid,
+        "service_sid": service_sid,
+        "identity": identity,
+        "address_key": address_key,
+        "endpoint_key": endpoint_key,
+        "credential_sid": credential_sid,
+    }
+    if conn.dialect.name == "postgresql":
+        with driver_connection(conn).pipeline():
+            lock_registration(conn, service_sid, identity, endpoint_key)
+            cursor = _CREATE_PROBE.execute(conn, params)
+    else:
+        cursor = _CREATE_PROBE.execute(conn, params)
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    versions = row[1 : 1 + len(DEFAULT_VERSION_TYPES)]
+    return CreateProbe(
+        service=BindingDefaults(row[0], dict(zip(DEFAULT_VERSION_TYPES, versions, strict=True))),
+        identity_bindings=row[1 + len(DEFAULT_VERSION_TYPES)],
+        credential_found=bool(row[2 + len(DEFAULT_VERSION_TYPES)]),
+        same_address=_stored_or_none(row[_PROBE_SAME_ADDRESS_AT:_PROBE_SAME_ENDPOINT_AT]),
+        same_endpoint=_stored_or_none(row[_PROBE_SAME_ENDPOINT_AT:]),
+    )
 
 
-def by_endpoint_key(conn: Connection, service_id: int, endpoint_key: str) -> StoredBinding | None:
-    params = {"service_id": service_id, "endpoint_key": endpoint_key}
-    return _stored(_BY_ENDPOINT_KEY.one(conn, params))
+def _stored_or_none(row: Sequence[Any]) -> StoredBinding | None:
+    return None if row[0] is None else _stored(row)  # the outer join found none
 
 
-def insert_binding(conn: Connection, service_id: int, values: dict) -> int:
+# A create's writes are its transaction's last statements: deferred, they go with the COMMIT.
+def insert_binding(conn: Connection, service_id: int, values: dict) -> None:
     params = {**values, "service_id": service_id, "tags": orjson.dumps(values["tags"]).decode()}
-    binding_id: int = _INSERT.one(conn, params)[0]
-    _insert_tags(conn, binding_id, service_id, values["tags"])
-    return binding_id
+    defer(conn, _INSERT, [params])
+    _insert_tags(conn, values["sid"], values["tags"])
 
 
-def update_binding(conn: Connection, binding_id: int, service_id: int, values: dict) -> None:
+def update_binding(conn: Connection, binding_id: int, sid: str, values: dict) -> None:
     params = {**values, "binding_id": binding_id, "tags": orjson.dumps(values["tags"]).decode()}
-    _UPDATE.execute(conn, params)
-    _DELETE_TAGS.execute(conn, {"binding_id": binding_id})
-    _insert_tags(conn, binding_id, service_id, values["tags"])
+    defer(conn, _UPDATE, [params])
+    defer(conn, _DELETE_TAGS, [{"binding_id": binding_id}])
+    _insert_tags(conn, sid, values["tags"])
 
 
-def _insert_tags(conn: Connection, binding_id: int, service_id: int, tags: Sequence[str]) -> None:
-    if tags:
-        rows = [{"binding_id": binding_id, "service_id": service_id, "tag": t} for t in tags]
-        _INSERT_TAG.execute_many(conn, rows)
+def _insert_tags(conn: Connection, sid: str, tags: Sequence[str]) -> None:
+    defer(conn, _INSERT_TAG, [{"sid": sid, "tag": t} for t in tags])
 
 
 def delete_by_id(conn: Connection, binding_id: int) -> None:
-    _DELETE_BY_ID.execute(conn, {"binding_id": binding_id})
+    defer(conn, _DELETE_BY_ID, [{"binding_id": binding_id}])
 
 
 def delete_by_sid(conn: Connection, service_id: int, sid: str) -> bool:
@@ -250,7 +325,8 @@ def matching(
 
 def page(
     conn: Connection,
-    service_id: int,
+    account_sid: str,
+    service_sid: str,
     *,
     identities: Sequence[str],
     tags: Sequence[str],
@@ -261,17 +337,62 @@ def page(
     before_id: int | None,
     limit: int,
 ) -> list[StoredBinding]:
-    """Up to `limit` bindings in id order, after `after_id` or (backwards) before `before_id`."""
-    conditions = matching(service_id, identities=identities, tags=tags, binding_types=binding_types)
+    """Up to `limit` bindings of the account's service in id order, after `after_id` or
+    (backwards) before `before_id`. Empty too when there is no such service."""
+    params: dict[str, Any] = {"account_sid": account_sid, "service_sid": service_sid}
+    params.update({f"identity_{i}": v for i, v in enumerate(identities)})
+    params.update({f"tag_{i}": v for i, v in enumerate(tags)})
+    params.update({f"type_{i}": v for i, v in enumerate(binding_types)})
     if start_date:
-        conditions.append(bindings.c.date_created >= datetime.combine(start_date, time.min))
+        params["start"] = datetime.combine(start_date, time.min)
     if end_date:
-        day_after = datetime.combine(end_date + timedelta(days=1), time.min)
-        conditions.append(bindings.c.date_created < day_after)
-    bounds, order = keyset(bindings.c.id, after_id, before_id)
-    conditions.extend(bounds)
-    statement = select(*_COLUMNS).where(and_(*conditions)).order_by(order).limit(limit)
-    return [_stored(row) for row in conn.execute(statement)]  # type: ignore[misc]
+        params["end"] = datetime.combine(end_date + timedelta(days=1), time.min)
+    direction = "before" if before_id is not None else "after" if after_id is not None else None
+    params.update(after_id=after_id, before_id=before_id, limit=limit)
+    statement = _page_statement(
+        len(identities), len(tags), len(binding_types), bool(start_date), bool(end_date), direction
+    )
+    return [_stored(row) for row in statement.execute(conn, params)]  # type: ignore[misc]
+
+
+@functools.lru_cache(maxsize=256)
+def _page_statement(
+    identities: int, tags: int, binding_types: int, start: bool, end: bool, direction: str | None
+) -> Prepared:
+    """The list statement for one shape of filters, built and compiled once."""
+    conditions: list[ColumnElement[bool]] = [
+        services.c.account_sid == bindparam("account_sid"),
+        services.c.sid == bindparam("service_sid"),
+    ]
+    if identities:
+        conditions.append(
+            bindings.c.identity.in_([bindparam(f"identity_{i}") for i in range(identities)])
+        )
+    conditions.extend(
+        bindings.c.binding_type == bindparam(f"type_{i}") for i in range(binding_types)
+    )
+    for i in range(tags):
+        tagged = select(binding_tags.c.binding_id).where(
+            binding_tags.c.service_id == services.c.id, binding_tags.c.tag == bindparam(f"tag_{i}")
+        )
+        conditions.append(bindings.c.id.in_(tagged))
+    if start:
+        conditions.append(bindings.c.date_created >= bindparam("start"))
+    if end:
+        conditions.append(bindings.c.date_created < bindparam("end"))
+    order: ColumnElement[int] = bindings.c.id
+    if direction == "after":
+        conditions.append(bindings.c.id > bindparam("after_id"))
+    elif direction == "before":
+        conditions.append(bindings.c.id < bindparam("before_id"))
+        order = bindings.c.id.desc()
+    return Prepared(
+        select(*_COLUMNS)
+        .join(services, services.c.id == bindings.c.service_id)
+        .where(*conditions)
+        .order_by(order)
+        .limit(bindparam("limit"))
+    )
 
 
 def forget_credential(
