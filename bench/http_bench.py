@@ -839,9 +839,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=5,
         metavar="SECONDS",
-        help="with --pg-delay-us: one-connection runs of this length, direct and through a"
-        f" proxy adding {2 * PROBE_DELAY_US / 1000:g} ms, that count database round trips per"
-        " request from the latency it adds (0 = off; default 5)",
+        help="PostgreSQL only: one-connection runs of this length on a server whose"
+        " database connections go through a proxy that counts round trips (0 = off; default 5)",
     )
     parser.add_argument("--json", type=Path, help="also write every run and the checks here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, db)")
@@ -896,21 +895,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# The one-connection runs that count round trips go through a proxy of their own with a long
-# delay, so that the delay dwarfs the jitter of a request (a commit's fsync on a busy disk).
-PROBE_DELAY_US = 2500
-
-
 def measure_network(
     processes: Processes, args: argparse.Namespace, work: Path, ports: support.Ports
 ) -> tuple[dict[str, int], dict[str, float]]:
-    """Start delayproxy in front of the database: at 0 us (what the hop itself costs), at
-    --pg-delay-us and at PROBE_DELAY_US; time SELECT 1 direct and through each.
+    """Start delayproxy in front of the database, at 0 us (what the hop itself costs) and at
+    --pg-delay-us; time SELECT 1 direct and through each.
     Returns the proxies' ports and the round trips in ms, both by name."""
     url = args.database_url
     binary = support.compile_delayproxy(work)
     target = support.libpq_params(url)
-    delays = {"hop": 0, "proxy": args.pg_delay_us, "probe": PROBE_DELAY_US}
+    delays = {"hop": 0, "proxy": args.pg_delay_us}
     proxies = {}
     for name, delay in delays.items():
         port = ports.take()
@@ -940,35 +934,21 @@ def measure_network(
 
 
 def round_trips(
-    order: dict[str, Scenario], rtt: dict[str, float], seconds: int, **common: Any
+    order: dict[str, Scenario], counter: support.TurnCounter, seconds: int, **common: Any
 ) -> None:
-    """Database round trips per request: the latency one connection gains through the probe
-    proxy over the round trip that proxy adds (one request at a time: no queueing in it)."""
-    added = rtt["probe"] - rtt["direct"]
-    pids, ports_ = common.pop("pids"), common.pop("ports")
-    print(
-        f"\n== database round trips per request: 1 connection, {seconds} s each, direct and"
-        f" through a proxy adding {added:.2f} ms =="
-    )
-    for base in ("create", "fetch", "list", "deep-page"):
+    """Database round trips per request, counted on the wire: one connection, on the probe
+    server (no delivery worker) whose database connections go through the counter."""
+    print(f"\n== database round trips per request, counted: 1 connection, {seconds} s each ==")
+    for base in ("create", "fetch", "list", "deep-first", "deep-page"):
         if base not in order:
             continue
-        p50 = {}
-        for server in ("notify", "notify@probe"):
-            for seconds_ in (1, seconds):  # the first to open the pool's connections
-                run = wrk(
-                    order[base],
-                    seconds=seconds_,
-                    connections=1,
-                    port=ports_[server],
-                    server_pid=pids[server],
-                    **common,
-                )
-            p50[server] = run.p50_ms
-        trips = (p50["notify@probe"] - p50["notify"]) / added
+        wrk(order[base], seconds=1, connections=1, **common)  # the pool's connections open
+        before = counter.turns
+        run = wrk(order[base], seconds=seconds, connections=1, **common)
+        turns = counter.turns - before
         print(
-            f"{order[base].label:<30} p50 {p50['notify']:7.2f} ms direct,"
-            f" {p50['notify@probe']:7.2f} ms through the probe: {trips:4.1f} round trips",
+            f"{order[base].label:<30} {turns / max(1, run.requests):5.2f} round trips"
+            f" ({turns:,} for {run.requests:,} requests, p50 {run.p50_ms:.2f} ms)",
             flush=True,
         )
 
@@ -1020,11 +1000,15 @@ def main(argv: list[str] | None = None) -> int:
             ports = support.Ports(HOST, args.ports)
             rtt: dict[str, float] = {}
             proxy_url: dict[bool, str] = {}
-            probing = args.pg_delay_us is not None and args.round_trips > 0
+            probing = database_url.startswith("postgresql") and args.round_trips > 0
             if args.pg_delay_us is not None:
                 proxies, rtt = measure_network(processes, args, work, ports)
                 proxy_url[True] = support.with_port(database_url, HOST, proxies["proxy"])
-                probe_url = support.with_port(database_url, HOST, proxies["probe"])
+            if probing:
+                target = support.libpq_params(database_url)
+                counter_port = ports.take()
+                counter = support.TurnCounter(HOST, counter_port, target["host"], target["port"])
+                probe_url = support.with_port(database_url, HOST, counter_port)
             port_of = {"bare": ports.take()}
             logs = {"bare": work / "bare.log"}
             bare = processes.start(
@@ -1044,7 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
             servers = {"bare": bare}
             wait_healthy(bare, port_of["bare"], logs["bare"])
             # One after another: the first migrates the database, the others find it done.
-            # The probe (one worker, through the long-delay proxy) only counts round trips.
+            # The probe (one worker, no delivery worker, through the counter) counts round
+            # trips.
             probe = [Variant("probe", "", True, 1)] if probing else []
             for variant in servers_ + probe:
                 key = variant.server
@@ -1065,6 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
                             str(variant.workers),
                             "--log-level",
                             "warning",
+                            *(["--no-worker"] if variant.key == "probe" else []),
                         ],
                         pin,
                     ),
@@ -1157,15 +1143,16 @@ def main(argv: list[str] | None = None) -> int:
             if probing:
                 round_trips(
                     order,
-                    rtt,
+                    counter,
                     args.round_trips,
                     targets=targets,
                     threads=1,
                     workdir=work,
                     pin=pin,
-                    pids={k: p.pid for k, p in servers.items()},
-                    ports=port_of,
+                    server_pid=servers["notify@probe"].pid,
+                    port=port_of["notify@probe"],
                 )
+                counter.stop()
             if args.profile:
                 from pyspy_summary import summarise as summarise_profile
 

@@ -213,3 +213,69 @@ def seed_deep(url: str, template_sid: str, total: int, page_size: int, page: int
     finally:
         engine.dispose()
     return f"PT{before}"
+
+
+# --- counting round trips -------------------------------------------------------------------------
+
+
+class TurnCounter:
+    """A TCP proxy (a thread with its own event loop) that counts round trips to the database.
+
+    On each connection a round trip starts whenever the client sends after the server last
+    spoke (or first): pipelined messages sent in several chunks count once, a reply in several
+    chunks too. With one request at a time and no delivery worker, turns / requests is the
+    database round trips of one request.
+    """
+
+    def __init__(self, host: str, port: int, target_host: str, target_port: int) -> None:
+        import asyncio
+        import threading
+
+        self.turns = 0
+        self._asyncio = asyncio
+        self._target = (target_host, target_port)
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            server = self._loop.run_until_complete(asyncio.start_server(self._serve, host, port))
+            ready.set()
+            self._loop.run_forever()
+            server.close()
+
+        self._thread = threading.Thread(target=run, name="turn-counter", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            sys.exit("the round-trip counter did not start")
+
+    async def _serve(self, client_reader: Any, client_writer: Any) -> None:
+        asyncio = self._asyncio
+        server_reader, server_writer = await asyncio.open_connection(*self._target)
+        state = {"client_spoke_last": False}
+
+        async def pump(reader: Any, writer: Any, from_client: bool) -> None:
+            with suppress(OSError):
+                while data := await reader.read(65536):
+                    if from_client and not state["client_spoke_last"]:
+                        self.turns += 1
+                    state["client_spoke_last"] = from_client
+                    writer.write(data)
+                    await writer.drain()
+            with suppress(OSError):
+                writer.close()
+
+        await asyncio.gather(
+            pump(client_reader, server_writer, True), pump(server_reader, client_writer, False)
+        )
+
+    def stop(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in self._asyncio.all_tasks() if t is not self._asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await self._asyncio.gather(*tasks, return_exceptions=True)
+            self._loop.stop()
+
+        self._asyncio.run_coroutine_threadsafe(cancel_all(), self._loop)
+        self._thread.join(5)
