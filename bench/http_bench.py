@@ -525,11 +525,11 @@ def py_spy() -> str:
     return found
 
 
-def profile(scenario: Scenario, *, out: Path, pin: bool, idle: bool, **common: Any) -> Path:
+def profile(scenario: Scenario, *, out: Path, pin: bool, **common: Any) -> Path:
     """One more wrk run with py-spy sampling the server (on wrk's core): not in the figures.
 
-    Worker processes are sampled too; `idle` keeps the samples of waiting threads (through
-    the delay proxy the question is where the wall time goes, not only the CPU).
+    Only the thread holding the GIL is sampled (`--gil`): the database threads wait in
+    psycopg's C poll, which py-spy would otherwise count as busy. Worker processes too.
     """
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{scenario.name.replace('@', '_')}.txt"
@@ -546,7 +546,7 @@ def profile(scenario: Scenario, *, out: Path, pin: bool, idle: bool, **common: A
         str(seconds),
         "--nonblocking",
         "--subprocesses",
-        *(["--idle"] if idle else []),
+        "--gil",
         "--format",
         "raw",
         "--output",
@@ -1162,12 +1162,10 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"(no scenario {name} in this run)")
                         continue
                     scenario = order[name]
-                    proxied = next(v.proxied for v in servers_ if v.server == scenario.server)
                     written = profile(
                         scenario,
                         out=args.profile,
                         pin=pin,
-                        idle=proxied,
                         seconds=args.duration,
                         port=port_of[scenario.server],
                         targets=targets,
