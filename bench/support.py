@@ -265,9 +265,11 @@ class TurnCounter:
             with suppress(OSError):
                 writer.close()
 
-        await asyncio.gather(
-            pump(client_reader, server_writer, True), pump(server_reader, client_writer, False)
-        )
+        # Ended by stop(): return rather than end cancelled (asyncio would log that).
+        with suppress(asyncio.CancelledError):
+            await asyncio.gather(
+                pump(client_reader, server_writer, True), pump(server_reader, client_writer, False)
+            )
 
     def stop(self) -> None:
         async def cancel_all() -> None:
