@@ -69,6 +69,21 @@ def test_a_bad_setting_is_one_line(tmp_path, variable, value, command):
     assert line.startswith(f"notify-server: {variable}: ")
 
 
+def wait_until_it_catches_sigterm(pid: int, timeout: float = 60) -> None:
+    """Until the process has its SIGTERM handler (it is running, not still importing); a
+    loaded machine can take seconds to get there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(
+            next(line for line in status.splitlines() if line.startswith("SigCgt:"))[7:], 16
+        )
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not install its SIGTERM handler in {timeout} s")
+
+
 def worker_log(tmp_path: Path, *args: str, **env: str) -> list[dict]:
     """A worker's JSON log lines from start-up to a SIGTERM a moment later."""
     process = subprocess.Popen(
@@ -78,7 +93,8 @@ def worker_log(tmp_path: Path, *args: str, **env: str) -> list[dict]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2)
+    wait_until_it_catches_sigterm(process.pid)
+    time.sleep(0.5)  # a poll or two of the outbox: something to log at debug
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr

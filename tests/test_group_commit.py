@@ -111,6 +111,19 @@ class TestWrites:
             asyncio.run(database.write(add_account_then_fail(sid)))
         assert stored_sids(engine) == set()
 
+    def test_a_failure_after_a_prepared_statement_undoes_it(self, engine, database):
+        # On PostgreSQL the transaction's BEGIN travels with its first statement: a Prepared
+        # one here; without it, that statement would have committed on its own.
+        sid = new_sid("AC")
+
+        def operation(conn):
+            insert_account().execute(conn, account_values(sid))
+            raise Refused(sid)
+
+        with pytest.raises(Refused):
+            asyncio.run(database.transaction(operation))
+        assert stored_sids(engine) == set()
+
     def test_the_event_loop_runs_while_the_database_works(self, database):
         def slow(conn):
             time.sleep(0.5)

@@ -112,6 +112,9 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         server_header=False,
         # Requests still running this long after SIGTERM are cut off.
         timeout_graceful_shutdown=25,
+        # uvicorn kills a child that has not answered its ping in 5 s; on a busy host a
+        # child still importing takes longer, and was killed and respawned in a loop.
+        timeout_worker_healthcheck=30,
         # httptools with a header-size limit and read timeouts (NOTIFY_MAX_HEADER_BYTES, ...);
         # an import string, so that every worker process loads it itself.
         http="notify_server.http_protocol:EdgeLimitedHttpToolsProtocol",

@@ -3,8 +3,8 @@
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -17,6 +17,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 _NO_PARAMS: Mapping[str, Any] = {}
+Result = TypeVar("Result")
 log = logging.getLogger("notify_server")
 
 NAMING_CONVENTION = {
@@ -46,7 +47,64 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
         _configure_sqlite(engine, background_checkpoints)
         return engine
     # No pre-ping: it costs a round trip per checkout; Database retries on a dead connection.
-    return create_engine(url, pool_size=20, max_overflow=20)
+    if make_url(url).get_driver_name() != "psycopg":
+        return create_engine(url, pool_size=20, max_overflow=20)
+    # The driver in autocommit: we send BEGIN ourselves (_configure_psycopg).
+    engine = create_engine(url, pool_size=20, max_overflow=20, isolation_level="AUTOCOMMIT")
+    _configure_psycopg(engine)
+    return engine
+
+
+_BEGIN_PENDING = "notify_server.begin_pending"
+
+
+def _configure_psycopg(engine: Engine) -> None:
+    """BEGIN sent by us, in the same round trip as the transaction's first statement.
+
+    Left to itself psycopg sends BEGIN alone and waits for its answer: a round trip per
+    write transaction. So the driver runs in autocommit, and a transaction SQLAlchemy begins
+    only marks BEGIN as owed; the first statement sends it: a Prepared one pipelined with
+    it, any other just before it. Reads (`autocommit_read`) owe none.
+    """
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        if not connection.get_execution_options().get("autocommit_read"):
+            connection.info[_BEGIN_PENDING] = True
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def before_cursor_execute(connection: Connection, cursor: Any, *_: Any) -> None:
+        if connection.info.pop(_BEGIN_PENDING, False):
+            cursor.execute("BEGIN")
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def on_end(connection: Connection) -> None:
+        if not connection.invalidated:  # (.info of an invalidated one would reconnect)
+            connection.info.pop(_BEGIN_PENDING, None)  # a transaction that sent nothing
+
+    @event.listens_for(engine.pool, "checkin")
+    def on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info.pop(_BEGIN_PENDING, None)
+
+
+def _with_owed_begin(connection: Connection, send: Callable[[], Result]) -> Result:
+    """`send()`, preceded by the BEGIN its transaction owes, in the same round trip."""
+    driver = driver_connection(connection)
+    if connection.info.pop(_BEGIN_PENDING, False):
+        if _in_pipeline(driver):
+            driver.execute("BEGIN")
+        else:
+            with driver.pipeline():
+                driver.execute("BEGIN")
+                return send()
+    return send()
+
+
+def _in_pipeline(driver: Any) -> bool:
+    from psycopg import pq
+
+    return bool(driver.pgconn.pipeline_status != pq.PipelineStatus.OFF)
 
 
 def _configure_sqlite(engine: Engine, background_checkpoints: bool) -> None:
@@ -111,13 +169,87 @@ class Checkpointer:
             log.exception("WAL checkpoint failed; retrying")
 
 
-Result = TypeVar("Result")
 Operation = Callable[[Connection], Result]
 
 # Threads that read (each holds a pooled connection while it runs) and, on PostgreSQL, that
 # write; SQLite has one writer thread, as the database has one writer at a time anyway.
 READ_THREADS = 8
 WRITE_THREADS = 8
+
+
+class Threads:
+    """A few threads that run calls for the event loop, cheaply.
+
+    `loop.run_in_executor` costs ~30 µs of CPU per call (a future chained to a future, a
+    wake-up of the loop per result); here results that finish while the loop is busy are
+    handed over together, in one wake-up: ~7 µs per call (measured with 32 callers).
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None]
+        self._calls = deque()
+        self._ready = threading.Condition()
+        self._done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._done_lock = threading.Lock()
+        self._handover_pending = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def run(self, function: Callable[..., Result], *args: Any) -> "asyncio.Future[Result]":
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        with self._ready:
+            self._calls.append((function, args, future))
+            self._ready.notify()
+        return future
+
+    def close(self) -> None:
+        with self._ready:
+            self._calls.extend([None] * len(self._threads))
+            self._ready.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._calls:
+                    self._ready.wait()
+                call = self._calls.popleft()
+            if call is None:
+                return
+            function, args, future = call
+            try:
+                outcome: tuple[asyncio.Future[Any], Any, BaseException | None]
+                outcome = (future, function(*args), None)
+            except BaseException as error:  # handed to the awaiting caller
+                outcome = (future, None, error)
+            with self._done_lock:
+                self._done.append(outcome)
+                if self._handover_pending:
+                    continue
+                self._handover_pending = True
+            try:
+                future.get_loop().call_soon_threadsafe(self._hand_over)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                with self._done_lock:
+                    self._done.clear()
+                    self._handover_pending = False
+
+    def _hand_over(self) -> None:
+        with self._done_lock:
+            done, self._done = self._done, []
+            self._handover_pending = False
+        for future, result, error in done:
+            if future.done():  # its request was cancelled (the client went away)
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
 
 class Database:
@@ -143,23 +275,19 @@ class Database:
         self.engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
         self._read_engine = (
-            engine if self._sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+            engine if self._sqlite else engine.execution_options(autocommit_read=True)
         )
-        self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="db-read")
-        self._writers = ThreadPoolExecutor(
-            1 if self._sqlite else WRITE_THREADS, thread_name_prefix="db-write"
-        )
+        self._readers = Threads(READ_THREADS, "db-read")
+        self._writers = Threads(1 if self._sqlite else WRITE_THREADS, "db-write")
         self._pending: list[tuple[Operation[Any], asyncio.Future[Any]]] = []
         self._committing = False
 
     async def read(self, operation: Operation[Result]) -> Result:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._read, operation)
+        return await self._readers.run(self._read, operation)
 
     async def transaction(self, operation: Operation[Result]) -> Result:
         """`operation` alone in a write transaction, committed before this returns."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writers, self._transaction, operation)
+        return await self._writers.run(self._transaction, operation)
 
     async def write(self, operation: Operation[Result]) -> Result:
         """A request's write: committed together with its neighbours' on SQLite."""
@@ -172,13 +300,13 @@ class Database:
         return await future
 
     def close(self) -> None:
-        self._readers.shutdown(wait=True)
-        self._writers.shutdown(wait=True)
+        self._readers.close()
+        self._writers.close()
 
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
         self._committing = True
-        asyncio.get_running_loop().run_in_executor(self._writers, _commit_batch, self, batch)
+        self._writers.run(_commit_batch, self, batch)  # it answers its callers itself
 
     def _batch_done(
         self, outcomes: "list[tuple[asyncio.Future[Any], Any, BaseException | None]]"
@@ -359,10 +487,12 @@ class Prepared:
         sql, names, fixed = self._for(conn.dialect)
         if fixed:
             params = {**fixed, **params}
+        driver = driver_connection(conn)
         if names is not None:  # SQLite: positional, dates as SQLAlchemy's text
-            ordered = [_sqlite_value(params[name]) for name in names]
-            return driver_connection(conn).execute(sql, ordered)
-        return driver_connection(conn).execute(sql, params)
+            return driver.execute(sql, [_sqlite_value(params[name]) for name in names])
+        if _BEGIN_PENDING in conn.info:
+            return _with_owed_begin(conn, lambda: driver.execute(sql, params))
+        return driver.execute(sql, params)
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         sql, names, fixed = self._for(conn.dialect)
@@ -371,6 +501,8 @@ class Prepared:
         cursor = driver_connection(conn).cursor()
         if names is not None:
             cursor.executemany(sql, [[_sqlite_value(row[n]) for n in names] for row in rows])
+        elif _BEGIN_PENDING in conn.info:
+            _with_owed_begin(conn, lambda: cursor.executemany(sql, rows))
         else:
             cursor.executemany(sql, rows)
 
