@@ -19,7 +19,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import support
+
 HOST = "127.0.0.1"  # the only address this benchmark sends anything to
 SERVER_CPU, LOAD_CPU = 0, 1
 BENCH_DIR = Path(__file__).resolve().parent
@@ -41,6 +42,10 @@ SEED_TIMEOUT = 300.0
 # The issue's targets.
 CREATE_VS_BARE_POST = 1.0
 FETCH_VS_BARE_POST = 1.5
+LIST_VS_BARE_GET = 1.0  # a PageSize=50 page against the bare GET of one fixed body
+DEEP_VS_FIRST = 1 / 1.1  # page 10,000 of 1,000,000 within 10% of page 1
+PROXIED_VS_DIRECT = 0.8  # PostgreSQL at +1 ms RTT against ~0 ms
+WORKERS_VS_ONE = 1.7  # --workers 2 against one process (scaled for other counts)
 P99_LIMIT_MS = 50.0
 P99_AT_CONNECTIONS = 32
 # A run during which other processes used more than this share of a pinned core is noisy;
@@ -50,25 +55,77 @@ QUIET_PCT = 3.0
 
 
 @dataclass(frozen=True)
-class Scenario:
-    name: str
+class Variant:
+    """One notify-server process: how it reaches the database, and its worker processes."""
+
+    key: str  # "" for the direct one at --workers (the bare-endpoint targets apply to it)
     label: str
-    server: str  # "bare" or "notify"
+    proxied: bool
+    workers: int
+
+    @property
+    def server(self) -> str:
+        return f"notify@{self.key}" if self.key else "notify"
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    """The direct server at --workers, and the proxied and --compare-workers ones beside it."""
+    routes = [False, True] if args.pg_delay_us is not None else [False]
+    counts = [args.workers] + ([args.compare_workers] if args.compare_workers else [])
+    out = []
+    for workers in counts:
+        for proxied in routes:
+            keys, labels = [], []
+            if proxied:
+                keys.append("proxy")
+                labels.append(f"+{2 * args.pg_delay_us / 1000:g}ms RTT")
+            if workers != args.workers:
+                keys.append(f"w{workers}")
+                labels.append(f"w{workers}")
+            out.append(Variant("-".join(keys), "".join(" " + x for x in labels), proxied, workers))
+    return out
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str  # the base name, plus @variant for a server other than the base one
+    base: str  # bare-post, create, bare-get, fetch, list, deep-first, deep-page
+    label: str
+    server: str  # "bare", or a variant's server key
     kind: str  # "create" (one distinct binding per request) or "get"
 
 
-SCENARIOS = {
-    s.name: s
-    for s in (
-        Scenario("bare-post", "bare POST Form()+HTTPBasic", "bare", "create"),
-        Scenario("create", "create-binding", "notify", "create"),
-        Scenario("bare-get", "bare GET", "bare", "get"),
-        Scenario("fetch", "fetch-binding", "notify", "get"),
-        Scenario("list", "list-bindings PageSize=50", "notify", "get"),
-    )
-}
-# Each pair of neighbours is baseline then notify-server; odd repeats run it backwards.
-ORDER = ["bare-post", "create", "bare-get", "fetch", "list"]
+# name, label, kind; each notify-server scenario runs on every variant (deep pages: base only).
+BASE_SCENARIOS = (
+    ("bare-post", "bare POST Form()+HTTPBasic", "create"),
+    ("create", "create-binding", "create"),
+    ("bare-get", "bare GET", "get"),
+    ("fetch", "fetch-binding", "get"),
+    ("list", "list-bindings PageSize=50", "get"),
+    ("deep-first", "list 1M, page 1", "get"),
+    ("deep-page", "list 1M, page 10,000", "get"),
+)
+BASE_NAMES = [name for name, _, _ in BASE_SCENARIOS]
+DEEP = ("deep-first", "deep-page")
+DEEP_PAGE = 10_000
+PAGE_SIZE = 50
+
+
+def scenarios(servers: list[Variant], only: list[str] | None, deep: bool) -> dict[str, Scenario]:
+    """Every run of one repeat, in order: each baseline before its notify-server runs."""
+    out = {}
+    for name, label, kind in BASE_SCENARIOS:
+        if only and name not in only or name in DEEP and not deep:
+            continue
+        if name.startswith("bare-"):
+            out[name] = Scenario(name, name, label, "bare", kind)
+            continue
+        for variant in servers:
+            if name in DEEP and variant.key:
+                continue
+            full = f"{name}@{variant.key}" if variant.key else name
+            out[full] = Scenario(full, name, label + variant.label, variant.server, kind)
+    return out
 
 
 @dataclass
@@ -110,14 +167,6 @@ def core_busy_ticks() -> dict[int, int]:
                 user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, values[:8])
                 busy[int(name[3:])] = user + nice + system + irq + softirq + steal
     return busy
-
-
-def process_ticks(pid: int) -> int:
-    with suppress(OSError), open(f"/proc/{pid}/stat") as stat:
-        # Fields after the parenthesised command: utime and stime are the 12th and 13th.
-        fields = stat.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    return 0
 
 
 def wait_for_quiet(limit: float, cpus: tuple[int, ...]) -> float:
@@ -186,14 +235,13 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def pinned(cpu: int, argv: list[str], pin: bool) -> list[str]:
-    return ["taskset", "-c", str(cpu), *argv] if pin else argv
+def pinned(cpus: int | str, argv: list[str], pin: bool) -> list[str]:
+    return ["taskset", "-c", str(cpus), *argv] if pin else argv
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+def server_cpus(workers: int) -> tuple[int, ...]:
+    """One worker on the server's core; more spread over the server's and wrk's cores."""
+    return (SERVER_CPU,) if workers == 1 else (SERVER_CPU, LOAD_CPU)
 
 
 def wait_healthy(process: subprocess.Popen, port: int, log: Path) -> None:
@@ -247,6 +295,8 @@ class Targets:
     create_service: str
     list_service: str
     binding: str
+    deep_service: str = ""
+    deep_token: str = ""  # the PageToken of page DEEP_PAGE of the deep service
 
 
 def prepare(port: int, auth: str, list_size: int) -> Targets:
@@ -336,7 +386,50 @@ def scenario_path(name: str, targets: Targets) -> str:
         return f"/v1/Services/{targets.create_service}/Bindings"
     if name in ("bare-get", "fetch"):
         return f"/v1/Services/{targets.list_service}/Bindings/{targets.binding}"
-    return f"/v1/Services/{targets.list_service}/Bindings?PageSize=50"
+    if name == "deep-first":
+        return f"/v1/Services/{targets.deep_service}/Bindings?PageSize={PAGE_SIZE}"
+    if name == "deep-page":
+        return (
+            f"/v1/Services/{targets.deep_service}/Bindings?PageSize={PAGE_SIZE}"
+            f"&Page={DEEP_PAGE - 1}&PageToken={targets.deep_token}"
+        )
+    return f"/v1/Services/{targets.list_service}/Bindings?PageSize={PAGE_SIZE}"
+
+
+def prepare_deep(port: int, auth: str, database_url: str, total: int) -> tuple[str, str]:
+    """A service of `total` bindings (one over HTTP, the rest copied in SQL); its deep token."""
+    service = expect(
+        *request(port, "POST", "/v1/Services", [("FriendlyName", "bench-deep")], auth),
+        201,
+        "create service",
+    )["sid"]
+    form = [
+        ("Identity", "deep-0"),
+        ("BindingType", "apn"),
+        ("Address", "deep-address-0"),
+        ("Tag", "alpha"),
+        ("Tag", "beta"),
+    ]
+    path = f"/v1/Services/{service}/Bindings"
+    template = expect(*request(port, "POST", path, form, auth), 201, "deep template")["sid"]
+    token = support.seed_deep(database_url, template, total, PAGE_SIZE, DEEP_PAGE)
+    # The token must land where page DEEP_PAGE starts: row (DEEP_PAGE - 1) * PAGE_SIZE + 1,
+    # which is copy number (DEEP_PAGE - 1) * PAGE_SIZE of the template (deep-0 is row 1).
+    body = expect(
+        *request(
+            port,
+            "GET",
+            scenario_path("deep-page", Targets(auth, "", "", "", service, token)),
+            auth=auth,
+        ),
+        200,
+        "deep page",
+    )
+    first = body["bindings"][0]["identity"] if body["bindings"] else None
+    wanted = f"deep-{(DEEP_PAGE - 1) * PAGE_SIZE}"
+    if len(body["bindings"]) != PAGE_SIZE or first != wanted or not body["meta"]["next_page_url"]:
+        sys.exit(f"page {DEEP_PAGE} starts at {first!r}, not {wanted!r}: {body['meta']}")
+    return service, token
 
 
 def wrk(
@@ -350,11 +443,12 @@ def wrk(
     workdir: Path,
     pin: bool,
     server_pid: int,
+    cpus: tuple[int, ...] = (SERVER_CPU,),
 ) -> Run:
-    path = scenario_path(scenario.name, targets)
+    path = scenario_path(scenario.base, targets)
     values = {"auth": targets.auth, "path": path, "tag": secrets.token_hex(4)}
     script = (_CREATE if scenario.kind == "create" else _GET) % values + _DONE
-    script_file = workdir / f"{scenario.name}.lua"
+    script_file = workdir / f"{scenario.name.replace('@', '_')}.lua"
     script_file.write_text(script)
     argv = pinned(
         LOAD_CPU,
@@ -375,12 +469,12 @@ def wrk(
         ],
         pin,
     )
-    busy_before, server_before = core_busy_ticks(), process_ticks(server_pid)
+    busy_before, server_before = core_busy_ticks(), support.tree_ticks(server_pid)
     wrk_before, started = children_seconds(), time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     wall = time.monotonic() - started
     wrk_seconds = children_seconds() - wrk_before
-    busy_after, server_after = core_busy_ticks(), process_ticks(server_pid)
+    busy_after, server_after = core_busy_ticks(), support.tree_ticks(server_pid)
     match = _RESULT.search(done.stdout)
     if done.returncode != 0 or match is None:
         sys.exit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -408,7 +502,11 @@ def wrk(
 
     run.server_cpu_pct = 100 * server_seconds / wall
     run.server_us_per_request = 1e6 * server_seconds / max(1, run.requests)
-    if pin:
+    if pin and LOAD_CPU in cpus:
+        # The server shares wrk's core: only the two cores' sum can be told apart.
+        both = core_seconds(SERVER_CPU) + core_seconds(LOAD_CPU) - server_seconds - wrk_seconds
+        run.others_server_core_pct = run.others_load_core_pct = 100 * max(0.0, both) / wall
+    elif pin:
         run.others_server_core_pct = (
             100 * max(0.0, core_seconds(SERVER_CPU) - server_seconds) / wall
         )
@@ -428,9 +526,13 @@ def py_spy() -> str:
 
 
 def profile(scenario: Scenario, *, out: Path, pin: bool, **common: Any) -> Path:
-    """One more wrk run with py-spy sampling the server (on wrk's core): not in the figures."""
+    """One more wrk run with py-spy sampling the server (on wrk's core): not in the figures.
+
+    Only the thread holding the GIL is sampled (`--gil`): the database threads wait in
+    psycopg's C poll, which py-spy would otherwise count as busy. Worker processes too.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{scenario.name}.txt"
+    target = out / f"{scenario.name.replace('@', '_')}.txt"
     seconds: int = common.pop("seconds")
     wrk(scenario, seconds=min(seconds, 2), pin=pin, **common)
     argv = [
@@ -443,6 +545,8 @@ def profile(scenario: Scenario, *, out: Path, pin: bool, **common: Any) -> Path:
         "--duration",
         str(seconds),
         "--nonblocking",
+        "--subprocesses",
+        "--gil",
         "--format",
         "raw",
         "--output",
@@ -482,9 +586,9 @@ class Summary:
     others_pct: float  # the worst run's CPU taken by other processes on either core
 
 
-def summarise(runs: list[Run], connections: int) -> dict[str, Summary]:
+def summarise(runs: list[Run], connections: int, order: list[str]) -> dict[str, Summary]:
     out = {}
-    for name in ORDER:
+    for name in order:
         mine = [r for r in runs if r.scenario == name and r.connections == connections]
         if mine:
             out[name] = Summary(
@@ -504,31 +608,53 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-RATIOS = (
-    ("create", "bare-post", CREATE_VS_BARE_POST),
-    ("fetch", "bare-post", FETCH_VS_BARE_POST),
-    ("list", "bare-get", None),
-    ("fetch", "bare-get", None),
-)
+def ratios(servers: list[Variant]) -> list[tuple[str, str, float | None]]:
+    """(numerator, denominator, target or None): the issue's checks, then the information."""
+    out: list[tuple[str, str, float | None]] = [
+        ("create", "bare-post", CREATE_VS_BARE_POST),
+        ("fetch", "bare-post", FETCH_VS_BARE_POST),
+        ("list", "bare-get", LIST_VS_BARE_GET),
+        ("deep-page", "deep-first", DEEP_VS_FIRST),
+        ("deep-first", "bare-get", None),
+        ("fetch", "bare-get", None),
+    ]
+
+    def named(base: str, variant: Variant) -> str:
+        return f"{base}@{variant.key}" if variant.key else base
+
+    for a in servers:
+        for b in servers:
+            if a.proxied and not b.proxied and a.workers == b.workers:
+                target = PROXIED_VS_DIRECT
+            elif a.proxied == b.proxied and a.workers > b.workers:
+                target = WORKERS_VS_ONE * a.workers / 2 / b.workers
+            else:
+                continue
+            out += [(named(n, a), named(n, b), target) for n in ("create", "fetch")]
+            out.append((named("list", a), named("list", b), None))
+    return out
 
 
-def report(runs: list[Run], args: argparse.Namespace) -> list[dict]:
+def report(
+    runs: list[Run], args: argparse.Namespace, order: dict[str, Scenario], servers: list[Variant]
+) -> list[dict]:
     checks: list[dict] = []
+    width = max(30, *(len(s.label) + 1 for s in order.values()))
     for connections in args.connections:
-        table = summarise(runs, connections)
+        table = summarise(runs, connections, list(order))
         print(
             f"\n== {connections} connections: medians of {args.repeats} x {args.duration} s"
             f" (each after a {args.warmup} s warm-up) =="
         )
         print(
-            f"{'scenario':<30}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'srv cpu':>9}"
+            f"{'scenario':<{width}}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'srv cpu':>9}"
             f"{'us/req':>8}{'others':>8}  each run (req/s)"
         )
         for name, s in table.items():
             each = " ".join(f"{r:,.0f}" for r in s.runs)
             flag = f"  !! {s.errors} socket errors/non-2xx" if s.errors else ""
             print(
-                f"{SCENARIOS[name].label:<30}{s.rps:>8,.0f}{s.p50_ms:>9.2f}{s.p99_ms:>9.2f}"
+                f"{order[name].label:<{width}}{s.rps:>8,.0f}{s.p50_ms:>9.2f}{s.p99_ms:>9.2f}"
                 f"{s.server_cpu_pct:>8.0f}%{s.server_us_per_request:>8.0f}{s.others_pct:>7.0f}%"
                 f"  {each}{flag}"
             )
@@ -538,8 +664,8 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict]:
                 " some runs ('others'): those figures are noisy, latency tails most of all"
             )
 
-        print(f"\n{'ratio of req/s':<30}{'value':>8}{'by CPU':>8}  target")
-        for a, b, target in RATIOS:
+        print(f"\n{'ratio of req/s':<{width}}{'value':>8}{'by CPU':>8}  target")
+        for a, b, target in ratios(servers):
             if a not in table or b not in table:
                 continue
             value = table[a].rps / table[b].rps
@@ -547,19 +673,26 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict]:
             by_cpu = table[b].server_us_per_request / max(table[a].server_us_per_request, 1e-9)
             name = f"{a} / {b}"
             if target is None:
-                print(f"{name:<30}{value:>7.2f}x{by_cpu:>7.2f}x  (for information)")
+                print(f"{name:<{width}}{value:>7.2f}x{by_cpu:>7.2f}x  (for information)")
                 continue
             ok = value >= target
-            print(f"{name:<30}{value:>7.2f}x{by_cpu:>7.2f}x  >= {target:.1f}x  {verdict(ok)}")
-            checks.append({"check": f"{name} >= {target}x", "connections": connections, "ok": ok})
+            print(f"{name:<{width}}{value:>7.2f}x{by_cpu:>7.2f}x  >= {target:.2f}x  {verdict(ok)}")
+            checks.append(
+                {
+                    "check": f"{name} >= {target:.2f}x",
+                    "connections": connections,
+                    "ok": ok,
+                    "value": round(value, 3),
+                }
+            )
         if connections == P99_AT_CONNECTIONS:
-            for name in ("create", "fetch", "list"):
+            for name in ("create", "fetch", "list", *DEEP):
                 if name not in table:
                     continue
                 p99 = table[name].p99_ms
                 ok = p99 < P99_LIMIT_MS
                 print(
-                    f"{'p99 ' + SCENARIOS[name].label:<30}{p99:>5.1f} ms  < {P99_LIMIT_MS:.0f} ms"
+                    f"{'p99 ' + order[name].label:<{width}}{p99:>5.1f} ms  < {P99_LIMIT_MS:.0f} ms"
                     f"  {verdict(ok)}"
                 )
                 checks.append(
@@ -670,8 +803,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=ORDER,
-        help="run only these scenarios (a ratio needs both of its scenarios)",
+        choices=BASE_NAMES,
+        help="run only these scenarios, on every server variant (a ratio needs both sides)",
+    )
+    parser.add_argument(
+        "--deep-size",
+        type=int,
+        default=1_000_000,
+        help=f"bindings of the deep-page service, page 1 and page {DEEP_PAGE:,} listed"
+        " (default 1,000,000; 0 = no deep pages)",
+    )
+    parser.add_argument(
+        "--pg-delay-us",
+        type=int,
+        metavar="US",
+        help="also run every notify-server scenario through delayproxy holding each chunk US"
+        " microseconds each way (500 = +1 ms RTT), side by side with the direct runs",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="notify-server serve --workers (default 1)"
+    )
+    parser.add_argument(
+        "--compare-workers",
+        type=int,
+        metavar="N",
+        help="also run a notify-server with --workers N (on both cores) beside the first",
+    )
+    parser.add_argument(
+        "--ports",
+        metavar="LOW-HIGH",
+        help="take every port this script listens on from this range (default: any free one)",
+    )
+    parser.add_argument(
+        "--round-trips",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="PostgreSQL only: one-connection runs of this length on a server whose"
+        " database connections go through a proxy that counts round trips (0 = off; default 5)",
     )
     parser.add_argument("--json", type=Path, help="also write every run and the checks here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, db)")
@@ -695,6 +864,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="afterwards, profile create/fetch/list with py-spy into DIR (raw stacks + summary)",
     )
+    parser.add_argument(
+        "--profile-only",
+        nargs="+",
+        metavar="SCENARIO",
+        default=["create", "fetch", "list"],
+        help="with --profile: these scenarios, e.g. create@proxy (default create fetch list)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target FAILs")
     parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
     args = parser.parse_args(argv)
@@ -704,13 +880,84 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--retries and --quiet-wait must be >= 0")
     if min(args.connections) < 1:
         parser.error("--connections must be >= 1")
+    if args.workers < 1 or (args.compare_workers or 1) < 1 or args.deep_size < 0:
+        parser.error("--workers and --compare-workers must be >= 1, --deep-size >= 0")
+    if args.compare_workers == args.workers:
+        args.compare_workers = None
+    if args.deep_size and args.deep_size < DEEP_PAGE * PAGE_SIZE + 1:
+        parser.error(f"--deep-size must be 0 or over {DEEP_PAGE * PAGE_SIZE:,}")
+    if args.pg_delay_us is not None:
+        url = args.database_url or ""
+        if not url.startswith("postgresql"):
+            parser.error("--pg-delay-us needs a PostgreSQL --database-url")
+        if args.pg_delay_us < 0:
+            parser.error("--pg-delay-us must be >= 0")
     return args
+
+
+def measure_network(
+    processes: Processes, args: argparse.Namespace, work: Path, ports: support.Ports
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Start delayproxy in front of the database, at 0 us (what the hop itself costs) and at
+    --pg-delay-us; time SELECT 1 direct and through each.
+    Returns the proxies' ports and the round trips in ms, both by name."""
+    url = args.database_url
+    binary = support.compile_delayproxy(work)
+    target = support.libpq_params(url)
+    delays = {"hop": 0, "proxy": args.pg_delay_us}
+    proxies = {}
+    for name, delay in delays.items():
+        port = ports.take()
+        process = processes.start(
+            [binary.as_posix(), HOST, str(port), target["host"], str(target["port"]), str(delay)],
+            env=dict(os.environ),
+            log=work / f"delayproxy-{name}.log",
+        )
+        support.wait_listening(HOST, port, process, "delayproxy")
+        proxies[name] = port
+    rtt = {"direct": support.select1_rtt_ms(url)}
+    for name, port in proxies.items():
+        rtt[name] = support.select1_rtt_ms(url, port)
+    print("SELECT 1 round trip, median of 300 on one connection:")
+    for name in ("direct", *delays):
+        added = rtt[name] - rtt["direct"]
+        wanted = 2 * delays.get(name, 0) / 1000
+        flag = ""
+        if name != "direct" and abs(added - wanted) > max(0.3, 0.3 * wanted):
+            flag = "  !! not what the delay should add"
+        print(
+            f"  {name:<7} delay {delays.get(name, 0):>5} us: {rtt[name]:7.3f} ms"
+            f"  (+{added:.3f} ms, wanted +{wanted:.3f}){flag}",
+            flush=True,
+        )
+    return proxies, rtt
+
+
+def round_trips(
+    order: dict[str, Scenario], counter: support.TurnCounter, seconds: int, **common: Any
+) -> None:
+    """Database round trips per request, counted on the wire: one connection, on the probe
+    server (no delivery worker) whose database connections go through the counter."""
+    print(f"\n== database round trips per request, counted: 1 connection, {seconds} s each ==")
+    for base in ("create", "fetch", "list", "deep-first", "deep-page"):
+        if base not in order:
+            continue
+        wrk(order[base], seconds=1, connections=1, **common)  # the pool's connections open
+        before = counter.turns
+        run = wrk(order[base], seconds=seconds, connections=1, **common)
+        turns = counter.turns - before
+        print(
+            f"{order[base].label:<30} {turns / max(1, run.requests):5.2f} round trips"
+            f" ({turns:,} for {run.requests:,} requests, p50 {run.p50_ms:.2f} ms)",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed (apt-get install wrk)")
+    support.ensure_tool("wrk", "wrk")
+    if args.pg_delay_us is not None:
+        support.ensure_tool("gcc", "gcc")
     pin = not args.no_pin
     if pin and (
         shutil.which("taskset") is None or {SERVER_CPU, LOAD_CPU} - os.sched_getaffinity(0)
@@ -725,6 +972,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     runs: list[Run] = []
+    servers_ = variants(args)
+    order = scenarios(servers_, args.only, args.deep_size > 0)
     try:
         with workspace(args.keep) as work:
             database_url = args.database_url or f"sqlite:///{work / 'notify.db'}"
@@ -746,56 +995,113 @@ def main(argv: list[str] | None = None) -> int:
                 f" {' '.join(f'{k}={v}' for k, v in versions().items())}\n{code_under_test(env)}",
                 flush=True,
             )
-            ports = {"bare": free_port(), "notify": free_port()}
-            logs = {"bare": work / "bare.log", "notify": work / "notify.log"}
+            with suppress(OSError):
+                print(f"load before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
+            ports = support.Ports(HOST, args.ports)
+            rtt: dict[str, float] = {}
+            proxy_url: dict[bool, str] = {}
+            probing = database_url.startswith("postgresql") and args.round_trips > 0
+            if args.pg_delay_us is not None:
+                proxies, rtt = measure_network(processes, args, work, ports)
+                proxy_url[True] = support.with_port(database_url, HOST, proxies["proxy"])
+            if probing:
+                target = support.libpq_params(database_url)
+                counter_port = ports.take()
+                counter = support.TurnCounter(HOST, counter_port, target["host"], target["port"])
+                probe_url = support.with_port(database_url, HOST, counter_port)
+            port_of = {"bare": ports.take()}
+            logs = {"bare": work / "bare.log"}
             bare = processes.start(
                 pinned(
                     SERVER_CPU,
-                    [sys.executable, str(BENCH_DIR / "bare_app.py"), "--port", str(ports["bare"])],
+                    [
+                        sys.executable,
+                        str(BENCH_DIR / "bare_app.py"),
+                        "--port",
+                        str(port_of["bare"]),
+                    ],
                     pin,
                 ),
                 env=env,
                 log=logs["bare"],
             )
-            notify = processes.start(
-                pinned(
-                    SERVER_CPU,
-                    [
-                        *notify_server_argv(),
-                        "serve",
-                        "--port",
-                        str(ports["notify"]),
-                        "--log-level",
-                        "warning",
-                    ],
-                    pin,
-                ),
-                env=env,
-                log=logs["notify"],
-            )
-            servers = {"bare": bare, "notify": notify}
-            wait_healthy(bare, ports["bare"], logs["bare"])
-            wait_healthy(notify, ports["notify"], logs["notify"])
+            servers = {"bare": bare}
+            wait_healthy(bare, port_of["bare"], logs["bare"])
+            # One after another: the first migrates the database, the others find it done.
+            # The probe (one worker, no delivery worker, through the counter) counts round
+            # trips.
+            probe = [Variant("probe", "", True, 1)] if probing else []
+            for variant in servers_ + probe:
+                key = variant.server
+                port_of[key] = ports.take()
+                logs[key] = work / f"{key.replace('@', '_')}.log"
+                url = probe_url if variant.key == "probe" else proxy_url.get(variant.proxied)
+                variant_env = env | ({"NOTIFY_DATABASE_URL": url} if url else {})
+                cpus = ",".join(map(str, server_cpus(variant.workers)))
+                servers[key] = processes.start(
+                    pinned(
+                        cpus,
+                        [
+                            *notify_server_argv(),
+                            "serve",
+                            "--port",
+                            str(port_of[key]),
+                            "--workers",
+                            str(variant.workers),
+                            "--log-level",
+                            "warning",
+                            *(["--no-worker"] if variant.key == "probe" else []),
+                        ],
+                        pin,
+                    ),
+                    env=variant_env,
+                    log=logs[key],
+                )
+                wait_healthy(servers[key], port_of[key], logs[key])
+                if variant.workers > 1:
+                    # /healthz answers once one worker is up: give the others their start-up.
+                    time.sleep(3)
             started = time.monotonic()
-            targets = prepare(ports["notify"], auth, args.list_size)
+            targets = prepare(port_of["notify"], auth, args.list_size)
             print(
                 f"seeded {args.list_size} bindings in {time.monotonic() - started:.1f} s",
                 flush=True,
             )
+            if any(s.base in DEEP for s in order.values()):
+                started = time.monotonic()
+                deep_service, deep_token = prepare_deep(
+                    port_of["notify"], auth, database_url, args.deep_size
+                )
+                targets = Targets(
+                    auth,
+                    targets.create_service,
+                    targets.list_service,
+                    targets.binding,
+                    deep_service,
+                    deep_token,
+                )
+                print(
+                    f"seeded {args.deep_size:,} bindings (page {DEEP_PAGE:,} = {deep_token})"
+                    f" in {time.monotonic() - started:.1f} s",
+                    flush=True,
+                )
 
-            order = [n for n in ORDER if not args.only or n in args.only]
+            names = list(order)
+            cpus_of = {v.server: server_cpus(v.workers) for v in servers_}
+            cpus_of["bare"] = (SERVER_CPU,)
             for repeat in range(args.repeats):
                 for connections in args.connections:
-                    for name in order if repeat % 2 == 0 else order[::-1]:
-                        scenario = SCENARIOS[name]
+                    for name in names if repeat % 2 == 0 else names[::-1]:
+                        scenario = order[name]
                         common = {
-                            "port": ports[scenario.server],
+                            "port": port_of[scenario.server],
                             "targets": targets,
                             "connections": connections,
                             "threads": args.threads,
                             "workdir": work,
                             "pin": pin,
                             "server_pid": servers[scenario.server].pid,
+                            "cpus": cpus_of[scenario.server],
                         }
                         run = None
                         for attempt in range(1 + args.retries):
@@ -821,7 +1127,7 @@ def main(argv: list[str] | None = None) -> int:
                         runs.append(run)
                         errors = f" errors={run.errors}" if run.errors else ""
                         print(
-                            f"  [{repeat + 1}/{args.repeats}] c={connections:<3} {name:<10}"
+                            f"  [{repeat + 1}/{args.repeats}] c={connections:<3} {name:<18}"
                             f" {run.rps:>8,.0f} req/s  p50 {run.p50_ms:6.2f} ms"
                             f"  p99 {run.p99_ms:6.2f} ms  server cpu {run.server_cpu_pct:3.0f}%"
                             f" {run.server_us_per_request:5.0f} us/req"
@@ -833,27 +1139,46 @@ def main(argv: list[str] | None = None) -> int:
                         if process.poll() is not None:
                             sys.exit(f"a server died (exit {process.returncode}); see --keep")
 
-            checks = report(runs, args)
+            checks = report(runs, args, order, servers_)
+            if probing:
+                round_trips(
+                    order,
+                    counter,
+                    args.round_trips,
+                    targets=targets,
+                    threads=1,
+                    workdir=work,
+                    pin=pin,
+                    server_pid=servers["notify@probe"].pid,
+                    port=port_of["notify@probe"],
+                )
+                counter.stop()
             if args.profile:
                 from pyspy_summary import summarise as summarise_profile
 
                 print(f"\n== profiles (py-spy, {args.duration} s each) in {args.profile} ==")
-                for name in ("create", "fetch", "list"):
+                for name in args.profile_only:
                     if name not in order:
+                        print(f"(no scenario {name} in this run)")
                         continue
+                    scenario = order[name]
                     written = profile(
-                        SCENARIOS[name],
+                        scenario,
                         out=args.profile,
                         pin=pin,
                         seconds=args.duration,
-                        port=ports["notify"],
+                        port=port_of[scenario.server],
                         targets=targets,
                         connections=max(args.connections),
                         threads=args.threads,
                         workdir=work,
-                        server_pid=notify.pid,
+                        server_pid=servers[scenario.server].pid,
+                        cpus=cpus_of[scenario.server],
                     )
+                    print(f"-- {name} --")
                     print(summarise_profile(written, top=15), flush=True)
+            with suppress(OSError):
+                print(f"load after: {Path('/proc/loadavg').read_text().strip()}", flush=True)
             processes.stop_all()
             # uvicorn's access log is silenced by --log-level warning (notify-server has no
             # access-log switch of its own): check that nothing was written per request.
@@ -868,6 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
                             "versions": versions(),
                             "database": redacted(database_url),
                             "args": {k: str(v) for k, v in vars(args).items()},
+                            "select1_rtt_ms": rtt,
                             "runs": [asdict(r) for r in runs],
                             "checks": checks,
                         },
