@@ -309,6 +309,10 @@ class LateProxy:
         self._server: socket.socket | None = None
         self._closed = threading.Event()
 
+    def open_now(self) -> None:
+        self._timer.cancel()
+        self._listen()
+
     def __enter__(self) -> "LateProxy":
         self._timer.start()
         return self
@@ -362,22 +366,21 @@ class TestWaitForDb:
         url = make_url(database_url)
         if url.get_backend_name() != "postgresql":
             pytest.skip("PostgreSQL only (set NOTIFY_TEST_DATABASE_URL)")
-        # Later than the command takes to start (over a second on a busy machine).
-        with LateProxy((url.host or "127.0.0.1", url.port or 5432), delay=4) as proxy:
+        # The proxy comes up once the command has found nothing there (and said so), however
+        # long a busy machine takes to start it.
+        with LateProxy((url.host or "127.0.0.1", url.port or 5432), delay=3600) as proxy:
             late = url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
-            started = time.monotonic()
-            process = notify(tmp_path, late, "db", "upgrade", "--wait-for-db", "10")
-            _, stderr = process.communicate(timeout=30)
-            elapsed = time.monotonic() - started
-        assert process.returncode == 0, stderr
-        assert "Traceback" not in stderr
-        lines = stderr.splitlines()
-        assert lines, "it never had to wait"
-        for line in lines:
+            process = notify(tmp_path, late, "db", "upgrade", "--wait-for-db", "30")
+            assert process.stderr is not None
+            first = process.stderr.readline().rstrip("\n")
+            proxy.open_now()
+            _, rest = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+        assert "Traceback" not in rest
+        for line in [first, *rest.splitlines()]:
             match = WAITING.match(line)
             assert match, line
             assert "Connection refused" in match[1]
-        assert 4 <= elapsed < 10
 
     def test_gives_up_after_the_timeout_in_one_line(self, tmp_path):
         port = free_port()
@@ -397,16 +400,14 @@ class TestWaitForDb:
             rf"{port}/notify is not ready after 2 s and \d+ attempts: .*Connection refused",
             last,
         ), last
-        assert 2 <= elapsed < 10
+        assert elapsed >= 2
 
     def test_without_it_nothing_waits(self, tmp_path):
         nowhere = f"postgresql+psycopg://notify@127.0.0.1:{free_port()}/notify"
-        started = time.monotonic()
         process = notify(tmp_path, nowhere, "db", "upgrade")
         _, stderr = process.communicate(timeout=30)
         assert process.returncode != 0
         assert "waiting for the database" not in stderr
-        assert time.monotonic() - started < 10
 
     @pytest.mark.parametrize("command", ["serve", "worker"])
     def test_with_no_migrate_it_waits_for_the_migration_too(self, tmp_path, command):
