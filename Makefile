@@ -7,7 +7,7 @@ NOTIFY_ACCOUNT_SID ?= ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 NOTIFY_AUTH_TOKEN ?= local-dev-auth-token
 export NOTIFY_ACCOUNT_SID NOTIFY_AUTH_TOKEN
 
-.PHONY: run test test-sqlite test-postgres lint bench clean node-deps
+.PHONY: run test test-sqlite test-postgres lint bench clean node-deps image-test
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests alembic bench tools
 	$(BIN)/ruff format --check src tests alembic bench tools
 	$(BIN)/mypy src
+
+# Builds and runs the image with docker or podman (tools/image-test says when neither can).
+image-test:
+	tools/image-test
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/http_bench.py

@@ -1,19 +1,30 @@
 """docker-compose.yml and deploy/nginx.conf agree with each other, with the Dockerfile and with
-the server's own settings and command line. Docker does not run here: this is the check we can
-make without it (every service, variable, port, file and dependency reference resolves)."""
+the server's own settings and command line (every service, variable, port, file and dependency
+reference resolves); and what lets the file start in any order, `--wait-for-db`, run for real
+against a database that comes up late or never. The image itself: tools/image-test."""
 
+import contextlib
 import re
+import socket
+import subprocess
+import sys
+import threading
+import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
+from notify_server import migrate
 from notify_server.cli import build_parser
 from notify_server.config import Settings
 from notify_server.wire import is_sid
+from tests.servers import free_port
+from tests.test_cli import cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -217,8 +228,26 @@ class TestDependencies:
             condition = services[name]["depends_on"]["migrate"]["condition"]
             assert condition == "service_completed_successfully", name
 
-    def test_the_worker_does_not_inherit_the_images_http_healthcheck(self, services):
-        assert services["worker"]["healthcheck"] == {"disable": True}
+    def test_every_process_waits_for_the_database_itself(self, services):
+        # podman-compose ignores the conditions above: start-up order must not matter.
+        parser = build_parser()
+        for name in NOTIFY_SERVICES:
+            args = parser.parse_args(services[name]["command"][1:])
+            assert args.wait_for_db >= 60, name
+
+    def test_serving_processes_declare_the_health_check_of_their_port(
+        self, services, dockerfile_env, monkeypatch
+    ):
+        # Not the image's: OCI-format builds drop HEALTHCHECK.
+        for name in (*API_SERVICES, "worker"):
+            check = services[name]["healthcheck"]
+            assert check["test"] == ["CMD", "python3", "-m", "notify_server.healthcheck"], name
+            assert "disable" not in check
+        # The worker answers only on its metrics port, which the health check then asks.
+        assert settings_of(services["worker"], dockerfile_env, monkeypatch).metrics_port
+
+    def test_the_one_shot_migration_has_no_health_check(self, services):
+        assert services["migrate"]["healthcheck"] == {"disable": True}
 
     def test_named_volumes_are_declared(self, compose, services):
         declared = set(compose.get("volumes") or {})
@@ -267,3 +296,148 @@ class TestLoadBalancer:
     def test_braces_balance(self, nginx):
         code = re.sub(r"#.*", "", nginx)
         assert code.count("{") == code.count("}")
+
+
+class LateProxy:
+    """A TCP proxy to `target` that starts listening only after `delay` seconds: a database
+    that comes up late. Before then its port refuses connections."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.target = target
+        self.port = free_port()
+        self._timer = threading.Timer(delay, self._listen)
+        self._server: socket.socket | None = None
+        self._closed = threading.Event()
+
+    def open_now(self) -> None:
+        self._timer.cancel()
+        self._listen()
+
+    def __enter__(self) -> "LateProxy":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self._closed.set()
+        if self._server is not None:
+            self._server.close()
+
+    def _listen(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def notify(workdir: Path, database_url: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "notify_server.cli", *args],
+        env=cli_env(database_url, workdir),
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+WAITING = re.compile(r"^notify-server: waiting for the database \((.+)\); attempt \d+, \d+ s left$")
+
+
+class TestWaitForDb:
+    def test_db_upgrade_waits_for_a_postgresql_that_comes_up_late(self, database_url, tmp_path):
+        url = make_url(database_url)
+        if url.get_backend_name() != "postgresql":
+            pytest.skip("PostgreSQL only (set NOTIFY_TEST_DATABASE_URL)")
+        # The proxy comes up once the command has found nothing there (and said so), however
+        # long a busy machine takes to start it.
+        with LateProxy((url.host or "127.0.0.1", url.port or 5432), delay=3600) as proxy:
+            late = url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+            process = notify(tmp_path, late, "db", "upgrade", "--wait-for-db", "30")
+            assert process.stderr is not None
+            first = process.stderr.readline().rstrip("\n")
+            proxy.open_now()
+            _, rest = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+        assert "Traceback" not in rest
+        for line in [first, *rest.splitlines()]:
+            match = WAITING.match(line)
+            assert match, line
+            assert "Connection refused" in match[1]
+
+    def test_gives_up_after_the_timeout_in_one_line(self, tmp_path):
+        port = free_port()
+        nowhere = f"postgresql+psycopg://notify:s3cret-pw@127.0.0.1:{port}/notify"
+        started = time.monotonic()
+        process = notify(tmp_path, nowhere, "db", "upgrade", "--wait-for-db", "2")
+        _, stderr = process.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+        assert process.returncode == 1
+        assert "Traceback" not in stderr
+        assert "s3cret-pw" not in stderr
+        *waiting, last = stderr.splitlines()
+        assert 1 <= len(waiting) <= 3
+        assert all(WAITING.match(line) for line in waiting), waiting
+        assert re.fullmatch(
+            rf"notify-server: the database at postgresql\+psycopg://notify:\*\*\*@127\.0\.0\.1:"
+            rf"{port}/notify is not ready after 2 s and \d+ attempts: .*Connection refused",
+            last,
+        ), last
+        assert elapsed >= 2
+
+    def test_without_it_nothing_waits(self, tmp_path):
+        nowhere = f"postgresql+psycopg://notify@127.0.0.1:{free_port()}/notify"
+        process = notify(tmp_path, nowhere, "db", "upgrade")
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode != 0
+        assert "waiting for the database" not in stderr
+
+    @pytest.mark.parametrize("command", ["serve", "worker"])
+    def test_with_no_migrate_it_waits_for_the_migration_too(self, tmp_path, command):
+        # Compose in any order: the API or the worker up before the migrate service has run.
+        database = f"sqlite:///{tmp_path / 'late.db'}"
+        port, health_port = free_port(), free_port()
+        args = [command, "--no-migrate", "--wait-for-db", "60", "--metrics-port", str(health_port)]
+        if command == "serve":
+            args += ["--port", str(port)]
+        process = notify(tmp_path, database, *args)
+        try:
+            assert process.stderr is not None
+            first = process.stderr.readline().rstrip("\n")
+            match = WAITING.match(first)
+            assert match, first
+            head = migrate.head_revision()
+            assert match[1] == (f"its schema is at nothing, not {head}: `db upgrade` migrates it")
+            assert run_cli(database, tmp_path, "db", "upgrade").returncode == 0
+            deadline = time.monotonic() + 30
+            while not healthy(health_port):
+                assert process.poll() is None
+                assert time.monotonic() < deadline, "never healthy after the migration"
+                time.sleep(0.2)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -1,9 +1,10 @@
-"""notify-server serve | worker | db upgrade | accounts create | keys create"""
+"""notify-server serve | worker | db upgrade | accounts create | keys create | healthcheck"""
 
 import argparse
 import asyncio
 import importlib.metadata
 import json
+import math
 import os
 import signal
 import sys
@@ -27,9 +28,16 @@ from notify_server.crypto import SecretBox, SecretKeyError, secret_box_for
 from notify_server.db import make_engine, transaction
 from notify_server.delivery.worker import DeliveryWorker
 from notify_server.deployment import check_secret_key
+from notify_server.healthcheck import probe_health
 from notify_server.logs import configure_logging, uvicorn_log_config
 from notify_server.metrics import MULTIPROCESS_DIR, Metrics
 from notify_server.metrics_server import MetricsExporter
+from notify_server.preflight import (
+    DatabaseNotReady,
+    NotWritable,
+    check_writable,
+    wait_for_database,
+)
 
 
 def checked_secret_box(settings: Settings, *, database_may_be_down: bool = False) -> SecretBox:
@@ -69,6 +77,7 @@ def _ensure_configured_account(settings: Settings, box: SecretBox) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    _wait_for_database(args, settings)
     # Migrate once here, before any worker process starts.
     if not args.no_migrate:
         migrate.upgrade(settings.database_url)
@@ -123,6 +132,7 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
     """A delivery worker on its own: scale delivery out apart from the API."""
+    _wait_for_database(args, settings)
     if not args.no_migrate:
         migrate.upgrade(settings.database_url)
     box = checked_secret_box(settings)
@@ -131,7 +141,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"metrics_port": args.metrics_port})
     metrics = Metrics(engine, settings) if settings.metrics_enabled else None
     delivery_worker = DeliveryWorker(engine, settings, box, metrics=metrics)
-    exporter = MetricsExporter(metrics, settings) if metrics is not None else None
+    exporter = _worker_health_listener(metrics, settings)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -160,6 +170,46 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _worker_health_listener(metrics: Metrics | None, settings: Settings) -> MetricsExporter | None:
+    # The worker's only HTTP: /healthz (for container health checks, even with metrics off)
+    # and /metrics, on the metrics port.
+    if metrics is None and settings.metrics_port is None:
+        return None
+    return MetricsExporter(metrics, settings)
+
+
+def _wait_for_database(args: argparse.Namespace, settings: Settings) -> None:
+    if args.wait_for_db > 0:
+        # With --no-migrate another process migrates: wait for it as well.
+        migrated = getattr(args, "no_migrate", False)
+        wait_for_database(settings.database_url, args.wait_for_db, migrated=migrated)
+
+
+def _wait_for_db_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--wait-for-db",
+        type=_seconds,
+        default=0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the database to answer, and with --no-migrate for its"
+        " schema to be migrated (default 0: fail at once)",
+    )
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}")
+    return seconds
+
+
+def healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    return probe_health(settings, port=args.port, timeout=args.timeout)
+
+
 def import_command(args: argparse.Namespace, settings: Settings) -> int:
     from notify_server.importer import run_import
 
@@ -169,6 +219,7 @@ def import_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    _wait_for_database(args, settings)
     migrate.upgrade(settings.database_url, args.revision)
     return 0
 
@@ -258,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="also serve /metrics and /healthz on this port (default NOTIFY_METRICS_PORT)",
     )
+    _wait_for_db_flag(serve_cmd)
     serve_cmd.set_defaults(run=serve)
 
     worker_cmd = commands.add_parser("worker", help="deliver notifications from the outbox")
@@ -269,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve /metrics and /healthz on this port (default NOTIFY_METRICS_PORT)",
     )
+    _wait_for_db_flag(worker_cmd)
     worker_cmd.set_defaults(run=worker)
 
     import_cmd = commands.add_parser(
@@ -303,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade_cmd.add_argument(
         "revision", nargs="?", default="head", help="the revision to reach (default head)"
     )
+    _wait_for_db_flag(upgrade_cmd)
     upgrade_cmd.set_defaults(run=db_upgrade)
     downgrade_cmd = db_cmd.add_parser("downgrade", help="migrate back to a revision")
     downgrade_cmd.add_argument("revision", help="the revision to go back to (e.g. 0001, base)")
@@ -326,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     key_create.add_argument("--friendly-name", help="the key's friendly name")
     key_create.add_argument("--json", action="store_true", help="print the result as JSON")
     key_create.set_defaults(run=keys_create)
+
+    health_cmd = commands.add_parser(
+        "healthcheck", help="exit 0 if this container's serve or worker answers /healthz"
+    )
+    health_cmd.add_argument("--port", type=_port, help="default NOTIFY_PORT or 8000")
+    health_cmd.add_argument(
+        "--timeout", type=_seconds, default=2.0, help="seconds to wait for an answer (default 2)"
+    )
+    health_cmd.set_defaults(run=healthcheck, touches_data=False)
     return parser
 
 
@@ -342,10 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "log_level") and args.log_level is None:
         args.log_level = settings.log_level
     try:
+        if getattr(args, "touches_data", True):
+            check_writable(settings)
         return args.run(args, settings)
     except (InvalidAccountSid, SecretKeyError) as exc:
         print(f"notify-server: {exc}", file=sys.stderr)
         return 2
+    except (NotWritable, DatabaseNotReady) as exc:
+        print(f"notify-server: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

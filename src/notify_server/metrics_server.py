@@ -1,5 +1,6 @@
 """`--metrics-port`: /metrics and /healthz on a listener of their own, served by threads, so a
-scrape neither queues behind API requests nor runs on the event loop."""
+scrape neither queues behind API requests nor runs on the event loop. It is also the `worker`'s
+health port, with metrics turned off too (then /metrics is 404)."""
 
 import logging
 import socket
@@ -20,7 +21,7 @@ _HEALTHY = b'{"status":"ok"}'
 class _Listener(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], metrics: Metrics, reuse_port: bool) -> None:
+    def __init__(self, address: tuple[str, int], metrics: Metrics | None, reuse_port: bool) -> None:
         self.metrics = metrics
         # `serve --workers N`: every process listens on the same port, and each answers with
         # the sum over all processes (see metrics.py), so any of them will do. Otherwise a
@@ -41,7 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.partition("?")[0]
         if path == "/healthz":
             self._answer(200, _HEALTHY, "application/json")
-        elif path == "/metrics":
+        elif path == "/metrics" and self.server.metrics is not None:
             metrics = self.server.metrics
             try:
                 if metrics.token is not None:
@@ -84,7 +85,7 @@ class MetricsExporter:
     """What a process runs for its metrics: the gauge refresher and, with a metrics port,
     the listener. Both are threads; start() and stop() return at once."""
 
-    def __init__(self, metrics: Metrics, settings: Settings) -> None:
+    def __init__(self, metrics: Metrics | None, settings: Settings) -> None:
         self.metrics = metrics
         self._address: tuple[str, int] | None = None
         if settings.metrics_port is not None:
@@ -99,18 +100,19 @@ class MetricsExporter:
     def start(self) -> None:
         """Raises OSError when the metrics port cannot be bound."""
         if self._address is not None:
-            self._listener = _Listener(
-                self._address, self.metrics, reuse_port=self.metrics.shared_across_processes
-            )
+            shared = self.metrics is not None and self.metrics.shared_across_processes
+            self._listener = _Listener(self._address, self.metrics, reuse_port=shared)
             self._thread = threading.Thread(
                 target=self._listener.serve_forever, name="metrics-listener", daemon=True
             )
             self._thread.start()
-        self.metrics.database.start()
+        if self.metrics is not None:
+            self.metrics.database.start()
 
     def stop(self) -> None:
         if self._listener is not None:
             self._listener.shutdown()
             self._listener.server_close()
             self._listener = None
-        self.metrics.database.stop()
+        if self.metrics is not None:
+            self.metrics.database.stop()
