@@ -42,12 +42,16 @@ class Deployment(Base):
 deployment = cast(Table, Deployment.__table__)
 
 
+class SchemaBehind(SecretKeyError):
+    """No deployment table yet: the key cannot be checked before `db upgrade`."""
+
+
 def check_secret_key(engine: Engine, box: SecretBox) -> None:
     """The box's key is this deployment's, or SecretKeyError. The first key to come is
     recorded, once it has shown it opens the secrets already stored (if any)."""
     with transaction(engine, write=True) as conn:
         if not inspect(conn).has_table(deployment.name):
-            raise SecretKeyError(
+            raise SchemaBehind(
                 "the database schema is older than this notify-server:"
                 " run `notify-server db upgrade`"
             )
@@ -85,14 +89,14 @@ def check_secret_key(engine: Engine, box: SecretBox) -> None:
 
 
 async def check_when_reachable(engine: Engine, box: SecretBox, retry_seconds: float = 1.0) -> bool:
-    """For a server that started while the database was down, its box held: checks the key
-    as soon as the database answers. True (the box released) once the key is the
-    deployment's; False, logged, the box still held, if it is not."""
+    """For a server that started while the database was down (or not migrated), its box held:
+    checks the key as soon as the database answers, migrated. True (the box released) once
+    the key is the deployment's; False, logged, the box still held, if it is not."""
     while True:
         await asyncio.sleep(retry_seconds)
         try:
             await asyncio.to_thread(check_secret_key, engine, box)
-        except OperationalError:
+        except (OperationalError, SchemaBehind):
             continue
         except SecretKeyError as error:
             log.error("notify-server: %s", error)
