@@ -335,7 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     import_cmd.add_argument(
         "--account-sid", required=True, metavar="AC…", help="the source account's SID"
     )
-    import_cmd.add_argument("--auth-token", required=True, help="the source account's auth token")
+    import_cmd.add_argument(
+        "--auth-token",
+        help="deprecated: `ps` and shell history show it; set NOTIFY_IMPORT_AUTH_TOKEN instead,"
+        " or leave both out to be asked for it on a terminal",
+    )
     import_cmd.add_argument(
         "--service", action="append", metavar="IS…", help="only this service (repeatable)"
     )
@@ -346,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     import_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
     import_cmd.add_argument("--quiet", action="store_true", help="only the summary")
+    import_cmd.add_argument(
+        "--restart",
+        action="store_true",
+        help="copy everything again, instead of resuming where an interrupted run stopped",
+    )
     import_cmd.set_defaults(run=import_command)
 
     db_cmd = commands.add_parser("db", help="database schema").add_subparsers(

@@ -5,6 +5,7 @@ from notify_server.bindings.models import Binding, BindingTag
 from notify_server.credentials.models import Credential
 from notify_server.db import Base
 from notify_server.deployment import Deployment
+from notify_server.importer import ImportProgress
 from notify_server.notifications.models import Delivery, Notification
 from notify_server.services.models import Service
 
@@ -17,6 +18,7 @@ __all__ = [
     "Credential",
     "Delivery",
     "Deployment",
+    "ImportProgress",
     "Notification",
     "Service",
 ]
