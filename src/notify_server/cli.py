@@ -13,6 +13,7 @@ import tempfile
 import traceback
 from contextlib import ExitStack
 from pathlib import Path
+from typing import NoReturn
 
 import uvicorn
 from alembic.util.exc import CommandError
@@ -283,15 +284,21 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, as every other failure: argparse would print the whole usage first.
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="notify-server", description="The Twilio Notify v1 REST API, self-hosted."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--debug", action="store_true", help="on a failure, print the traceback as well"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_cmd = commands.add_parser("serve", help="migrate the database, then serve the API")
     serve_cmd.add_argument("--host", help="default NOTIFY_HOST or 127.0.0.1")
@@ -358,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_cmd.set_defaults(run=import_command)
 
     db_cmd = commands.add_parser("db", help="database schema").add_subparsers(
-        dest="db_command", required=True
+        dest="db_command", required=True, metavar="COMMAND"
     )
     upgrade_cmd = db_cmd.add_parser("upgrade", help="migrate to the latest schema")
     upgrade_cmd.add_argument(
@@ -374,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     current_cmd.set_defaults(run=db_current)
 
     accounts_cmd = commands.add_parser("accounts", help="accounts").add_subparsers(
-        dest="accounts_command", required=True
+        dest="accounts_command", required=True, metavar="COMMAND"
     )
     account_create = accounts_cmd.add_parser("create", help="create an account")
     account_create.add_argument("--friendly-name", help="the account's friendly name")
@@ -382,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     account_create.set_defaults(run=accounts_create)
 
     keys_cmd = commands.add_parser("keys", help="API keys").add_subparsers(
-        dest="keys_command", required=True
+        dest="keys_command", required=True, metavar="COMMAND"
     )
     key_create = keys_cmd.add_parser("create", help="create an API key of an account")
     key_create.add_argument(
