@@ -132,6 +132,7 @@ class Checkpointer:
             self._checkpoint()
 
     def _run(self) -> None:
+        self._locate()
         last = time.monotonic()
         while not self._stopping.wait(self._poll):
             if (
@@ -147,14 +148,21 @@ class Checkpointer:
         except OSError:
             return 0
 
+    def _locate(self) -> None:
+        try:
+            with self._engine.connect() as connection:
+                main = driver_connection(connection).execute("PRAGMA database_list").fetchone()
+            # "" for an in-memory database: no file, nothing to bound.
+            self._wal = f"{main[2]}-wal" if main[2] else ""
+        except Exception:
+            log.exception("cannot find the WAL file; its size is looked at after a checkpoint")
+
     def _checkpoint(self) -> None:
+        if self._wal is None:
+            self._locate()
         try:
             with self._engine.connect() as connection:
                 driver = driver_connection(connection)
-                if self._wal is None:
-                    # "" for an in-memory database: no file, nothing to bound.
-                    main = driver.execute("PRAGMA database_list").fetchone()[2]
-                    self._wal = f"{main}-wal" if main else ""
                 driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 if self._wal_bytes() > self._truncate_bytes:
                     driver.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")

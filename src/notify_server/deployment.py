@@ -11,11 +11,13 @@ import logging
 from datetime import datetime
 from typing import cast
 
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, Integer, String, Table, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from notify_server import migrate
 from notify_server.accounts.models import Account
 from notify_server.credentials.models import Credential
 from notify_server.crypto import SecretBox, SecretKeyError, short
@@ -92,9 +94,13 @@ async def check_when_reachable(engine: Engine, box: SecretBox, retry_seconds: fl
     """For a server that started while the database was down (or not migrated), its box held:
     checks the key as soon as the database answers, migrated. True (the box released) once
     the key is the deployment's; False, logged, the box still held, if it is not."""
+    behind = migrate.older_revisions()
     while True:
         await asyncio.sleep(retry_seconds)
         try:
+            # Not before the migration has finished: the worker needs every table and column.
+            if await asyncio.to_thread(_schema_behind, engine, behind):
+                continue
             await asyncio.to_thread(check_secret_key, engine, box)
         except (OperationalError, SchemaBehind):
             continue
@@ -103,6 +109,12 @@ async def check_when_reachable(engine: Engine, box: SecretBox, retry_seconds: fl
             return False
         box.release()
         return True
+
+
+def _schema_behind(engine: Engine, behind: frozenset[str]) -> bool:
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return current is None or current in behind
 
 
 def _stored_fingerprint(conn: Connection) -> str | None:
