@@ -4,15 +4,18 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import inspect, select
+from cryptography.fernet import Fernet
+from sqlalchemy import inspect, select, text
 
 from notify_server.db import make_engine
 from notify_server.models import Account as AccountRow
@@ -269,3 +272,292 @@ class TestServe:
         assert process.returncode != 0
         assert "NOTIFY_ACCOUNT_SID" in stderr
         assert "Traceback" not in stderr
+
+
+# --- every failure a person can cause: one line, an exit code, no traceback, no secret --------
+
+PASSWORD = "pw-" + uuid.uuid4().hex
+UNKNOWN_ACCOUNT = "AC" + "0" * 32
+# Every command that touches the database, as an operator would type it.
+COMMANDS = {
+    "serve": ("serve", "--port", "0"),  # the port is filled in by run_failing
+    "worker": ("worker",),
+    "db upgrade": ("db", "upgrade"),
+    "db downgrade": ("db", "downgrade", "base"),
+    "db current": ("db", "current"),
+    "accounts create": ("accounts", "create", "--json"),
+    "keys create": ("keys", "create", "--account", UNKNOWN_ACCOUNT),
+    "import": ("import", "--from", "http://127.0.0.1:9", "--account-sid", UNKNOWN_ACCOUNT),
+}
+
+
+def run_failing(
+    database_url: str, workdir: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess:
+    args = tuple(str(free_port()) if a == "0" and args[0] == "serve" else a for a in args)
+    return subprocess.run(
+        [sys.executable, "-m", "notify_server.cli", *args],
+        env=cli_env(database_url, workdir, NOTIFY_IMPORT_AUTH_TOKEN="import-token", **env),
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_one_line(
+    result: subprocess.CompletedProcess, code: int, says: str, *secrets: str
+) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "Traceback" not in output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("notify-server"), lines[0]
+    assert says in lines[0], lines[0]
+    for secret in (*secrets, "import-token", "[parameters", "gAAAAA"):
+        assert secret not in output
+    return lines[0]
+
+
+@pytest.fixture
+def blank_url(tmp_path: Path) -> Iterator[str]:
+    """A database nothing has migrated, on the database the suite runs on: a new SQLite file,
+    or a new PostgreSQL schema (first on the search path) in the test database."""
+    url = os.environ.get("NOTIFY_TEST_DATABASE_URL")
+    if not url:
+        yield f"sqlite:///{tmp_path / 'blank.db'}"
+        return
+    schema = "blank_" + uuid.uuid4().hex[:12]
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+def unreachable_url() -> str:
+    if os.environ.get("NOTIFY_TEST_DATABASE_URL"):
+        return f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{free_port()}/nowhere"
+    return "sqlite:////nonexistent-notify-folder/notify.db"
+
+
+class TestFailuresAreOneLine:
+    @pytest.mark.parametrize("command", COMMANDS)
+    def test_an_unreachable_database(self, tmp_path, command):
+        result = run_failing(unreachable_url(), tmp_path, *COMMANDS[command])
+
+        says = "does not exist"
+        if os.environ.get("NOTIFY_TEST_DATABASE_URL"):
+            says = "cannot use the database at postgresql+psycopg://postgres:***@127.0.0.1:"
+        assert_one_line(result, 1, says, PASSWORD)
+
+    @pytest.mark.parametrize(
+        ("url", "command"),
+        [
+            ("not a url", "serve"),
+            (f"mysql://root:{PASSWORD}@db/notify", "db upgrade"),
+            ("postgresql+psycopg2://x/y", "accounts create"),
+        ],
+    )
+    def test_a_malformed_database_url(self, tmp_path, url, command):
+        result = run_failing(url, tmp_path, *COMMANDS[command])
+
+        line = assert_one_line(result, 2, "NOTIFY_DATABASE_URL", PASSWORD)
+        assert "postgresql+psycopg://user:password@host:5432/name" in line
+
+    @pytest.mark.parametrize(
+        "command", ["worker", "accounts create", "keys create", "import", "db current"]
+    )
+    def test_an_unmigrated_database(self, tmp_path, blank_url, command):
+        args = COMMANDS[command]
+        if command in ("worker", "import"):
+            args = (*args, "--no-migrate")
+        result = run_failing(blank_url, tmp_path, *args)
+
+        if command == "db current":  # an answer, not a failure: on stdout, exit 1
+            assert result.returncode == 1
+            assert result.stdout.startswith("none (not migrated; head is ")
+            assert "run `notify-server db upgrade`" in result.stdout
+            return
+        assert_one_line(result, 2, "run `notify-server db upgrade`")
+
+    @pytest.mark.parametrize("debug", [False, True])
+    def test_a_failed_insert_never_shows_its_parameters(self, tmp_path, blank_url, debug):
+        # The schema migrated but for the accounts table: the INSERT of the new account (its
+        # sealed token, its token's hash) fails. It used to print both in the traceback.
+        assert run_failing(blank_url, tmp_path, "db", "upgrade").returncode == 0
+        engine = make_engine(blank_url)
+        cascade = " CASCADE" if engine.dialect.name == "postgresql" else ""
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE api_keys"))
+            conn.execute(text(f"DROP TABLE accounts{cascade}"))
+        engine.dispose()
+        flags = ("--debug",) if debug else ()
+
+        result = run_failing(blank_url, tmp_path, *flags, "accounts", "create")
+
+        assert result.returncode == 2
+        assert result.stdout == ""
+        last = result.stderr.splitlines()[-1]
+        assert last == "notify-server: the database is not migrated: run `notify-server db upgrade`"
+        assert ("Traceback" in result.stderr) == debug
+        assert (
+            "SQL parameters hidden" in result.stderr
+            if debug
+            else len(result.stderr.splitlines()) == 1
+        )
+        assert "gAAAAA" not in result.stderr  # a Fernet token
+        assert not re.search(r"\b[0-9a-f]{64}\b", result.stderr)  # a SHA-256 hash
+
+    @pytest.mark.parametrize("revision", ["nope", "9999"])
+    @pytest.mark.parametrize("command", ["upgrade", "downgrade"])
+    def test_a_bad_migration_revision(self, tmp_path, blank_url, command, revision):
+        result = run_failing(blank_url, tmp_path, "db", command, revision)
+
+        line = assert_one_line(result, 2, revision)
+        assert "base, 0001, " in line and ", head)" in line
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "says"),
+        [
+            ("NOTIFY_PORT", "70000", "70000 is not a port number (1-65535)"),
+            ("NOTIFY_HOST", "no-such-host.invalid", "cannot listen on 'no-such-host.invalid'"),
+            ("NOTIFY_HOST", "192.0.2.1", "192.0.2.1 is not an address of this machine"),
+        ],
+    )
+    def test_a_bad_port_or_host(self, tmp_path, database_url, variable, value, says):
+        result = run_failing(database_url, tmp_path, "serve", **{variable: value})
+
+        assert_one_line(result, 2, says)
+
+    def test_a_bad_port_flag(self, tmp_path, database_url):
+        result = run_failing(database_url, tmp_path, "serve", "--port", "http")
+
+        assert_one_line(result, 2, "notify-server serve: argument --port: not a port number")
+
+    @pytest.mark.parametrize(
+        ("args", "option"),
+        [
+            (("serve", "--port", "{busy}"), "--port or NOTIFY_PORT"),
+            (("serve", "--metrics-port", "{busy}"), "--metrics-port or NOTIFY_METRICS_PORT"),
+            (("serve", "--workers", "2", "--port", "{busy}"), "--port or NOTIFY_PORT"),
+            (("worker", "--metrics-port", "{busy}"), "--metrics-port or NOTIFY_METRICS_PORT"),
+        ],
+    )
+    def test_a_port_in_use(self, tmp_path, database_url, args, option):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = str(taken.getsockname()[1])
+            args = tuple(busy if a == "{busy}" else a for a in args)
+            if "--port" not in args and args[0] == "serve":
+                args = (*args, "--port", str(free_port()))
+            result = run_failing(database_url, tmp_path, *args)
+
+        line = assert_one_line(result, 1, f"port {busy} on 127.0.0.1 is in use")
+        assert line.endswith(f"choose another with {option}")
+
+    @pytest.mark.parametrize("command", ["serve", "accounts create", "db upgrade"])
+    def test_an_unwritable_data_folder(self, tmp_path, command):
+        # Root may write anywhere: a folder that is a file is what stops everyone.
+        (tmp_path / "data").write_text("not a folder")
+        url = f"sqlite:///{tmp_path / 'data' / 'notify.db'}"
+
+        result = run_failing(url, tmp_path, *COMMANDS[command])
+
+        assert_one_line(result, 1, str(tmp_path / "data"))
+
+    def test_an_unwritable_key_file(self, tmp_path, blank_url):
+        (tmp_path / "keys").write_text("not a folder")
+        key_file = str(tmp_path / "keys" / "notify-server.key")
+        assert run_failing(blank_url, tmp_path, "db", "upgrade").returncode == 0
+
+        result = run_failing(
+            blank_url, tmp_path, "accounts", "create", NOTIFY_SECRET_KEY_FILE=key_file
+        )
+
+        assert result.returncode != 0
+        assert_one_line(result, result.returncode, key_file)
+
+    def test_a_wrong_secret_key(self, tmp_path, blank_url):
+        first, second = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+        assert run_failing(blank_url, tmp_path, "db", "upgrade").returncode == 0
+        made = run_failing(blank_url, tmp_path, "accounts", "create", NOTIFY_SECRET_KEY=first)
+        assert made.returncode == 0, made.stderr
+
+        for command in ("serve", "worker", "accounts create", "import"):
+            result = run_failing(blank_url, tmp_path, *COMMANDS[command], NOTIFY_SECRET_KEY=second)
+            assert_one_line(
+                result, 2, "(NOTIFY_SECRET_KEY) is not this deployment's key", first, second
+            )
+
+
+class TestServeUnmigrated:
+    def test_answers_503_and_says_to_upgrade_until_migrated(self, tmp_path, blank_url):
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "notify_server.cli",
+                "serve",
+                "--no-migrate",
+                "--port",
+                str(port),
+            ],
+            env=cli_env(blank_url, tmp_path, NOTIFY_SECRET_KEY=Fernet.generate_key().decode()),
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200)
+            api = httpx.get(f"{base}/v1/Services", auth=(UNKNOWN_ACCOUNT, "x" * 32))
+            ready = httpx.get(f"{base}/readyz")
+
+            assert api.status_code == 503
+            assert api.json() == {
+                "code": 20503,
+                "message": "Service is unavailable: the database schema is not migrated"
+                " (the operator must run `notify-server db upgrade`)",
+                "more_info": "https://www.twilio.com/docs/errors/20503",
+                "status": 503,
+            }
+            assert ready.status_code == 503
+            assert "notify-server db upgrade" in ready.json()["reason"]
+
+            # Migrated meanwhile: the same process becomes ready, and serves.
+            assert run_failing(blank_url, tmp_path, "db", "upgrade").returncode == 0
+            wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+            after = httpx.get(f"{base}/v1/Services", auth=(UNKNOWN_ACCOUNT, "x" * 32))
+            assert after.status_code == 401
+        finally:
+            process.terminate()
+            _, stderr = process.communicate(timeout=30)
+        logged = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+        warnings = [e["message"] for e in logged if e["level"] == "warning"]
+        assert any(
+            m.startswith("the database is not migrated: run `notify-server db upgrade`")
+            for m in warnings
+        ), warnings
+        tracebacks = [e for e in logged if "Traceback" in json.dumps(e)]
+        assert tracebacks == []
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("not within the time")

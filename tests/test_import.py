@@ -2,6 +2,7 @@
 is the source; the import runs as a subprocess into the test database; what it copied is
 checked through the local API with the source account's own credentials."""
 
+import fcntl
 import json
 import os
 import pty
@@ -9,8 +10,10 @@ import re
 import select
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -260,9 +263,11 @@ class Importer:
         self.secret_key = secret_key
         self.workdir = workdir
 
-    def env(self) -> dict[str, str]:
+    def env(self, token: str | None = SOURCE.auth_token) -> dict[str, str]:
         # Nothing from the caller's NOTIFY_* environment may leak into the command.
         env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
+        if token is not None:
+            env["NOTIFY_IMPORT_AUTH_TOKEN"] = token
         return {
             **env,
             "NOTIFY_DATABASE_URL": self.database_url,
@@ -272,7 +277,7 @@ class Importer:
             "NOTIFY_IMPORT_RETRY_SECONDS": "0.01",
         }
 
-    def command(self, source_url: str, *args: str, token: str = SOURCE.auth_token) -> list[str]:
+    def command(self, source_url: str, *args: str) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -282,15 +287,15 @@ class Importer:
             source_url,
             "--account-sid",
             SOURCE.sid,
-            "--auth-token",
-            token,
             *args,
         ]
 
-    def __call__(self, source_url: str, *args: str, token: str = SOURCE.auth_token) -> Run:
+    def __call__(self, source_url: str, *args: str, token: str | None = SOURCE.auth_token) -> Run:
+        """The token from NOTIFY_IMPORT_AUTH_TOKEN, as an operator should pass it."""
         done = subprocess.run(
-            self.command(source_url, *args, token=token),
-            env=self.env(),
+            self.command(source_url, *args),
+            env=self.env(token),
+            stdin=subprocess.DEVNULL,
             cwd=self.workdir,
             capture_output=True,
             text=True,
@@ -302,6 +307,7 @@ class Importer:
         return subprocess.Popen(
             self.command(source_url, *args),
             env=self.env(),
+            stdin=subprocess.DEVNULL,
             cwd=self.workdir,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -775,18 +781,25 @@ class TestImportRetries:
 def interrupt_at_second_big_page(
     source: Source, importer: Importer, proxy: Callable[[Behaviour], Proxy], signum: int
 ) -> Run:
-    """Import through a proxy that holds back the big service's second page; once the import
-    waits for it (its first page committed), send it `signum`."""
+    return interrupt_through_proxy(source, importer, proxy, signum)[0]
+
+
+def interrupt_through_proxy(
+    source: Source, importer: Importer, proxy: Callable[[Behaviour], Proxy], signum: int
+) -> tuple[Run, Proxy]:
+    """Import through a proxy that holds back the big service's second page (the first time
+    only); once the import waits for it (its first page committed), send it `signum`."""
     big = source.services["big"]
     reached, release = threading.Event(), threading.Event()
 
     def hold_second_page(number: int, path: str) -> None:
-        if f"/v1/Services/{big}/Bindings" in path and "PageToken" in path:
+        if f"/v1/Services/{big}/Bindings" in path and "PageToken" in path and not reached.is_set():
             reached.set()
             release.wait(60)
         return None
 
-    process = importer.start(proxy(hold_second_page).url)
+    held = proxy(hold_second_page)
+    process = importer.start(held.url)
     try:
         assert reached.wait(60), process.communicate(timeout=60)
         process.send_signal(signum)
@@ -796,7 +809,7 @@ def interrupt_at_second_big_page(
         if process.poll() is None:
             process.kill()
             process.communicate()
-    return Run(process.returncode, stdout, stderr)
+    return Run(process.returncode, stdout, stderr), held
 
 
 class TestImportResume:
@@ -817,6 +830,57 @@ class TestImportResume:
             BIG + small, BIG - 1000, 0, done
         )
         assert run.summary_line("services") == "services: " + tally(3, 0, 0, 3)
+        assert_copied(client, source)
+
+    def test_run_again_resumes_where_the_killed_run_stopped(
+        self, source: Source, importer: Importer, client: TestClient, proxy
+    ) -> None:
+        killed, counting = interrupt_through_proxy(source, importer, proxy, signal.SIGKILL)
+        assert killed.returncode == -signal.SIGKILL
+        before = len(counting.paths)
+
+        run = succeeded(importer(counting.url))
+
+        big = source.services["big"]
+        asked = counting.paths[before:]
+        # The services (to check the token and the list), then big's pages from the second:
+        # not the credentials, nor the services whose bindings were all copied.
+        assert asked[0] == "/v1/Services?PageSize=1000"
+        assert asked[1].startswith(f"/v1/Services/{big}/Bindings?PageSize=1000&Page=1&")
+        assert len(asked) == 3, asked
+        assert f"resumed at bindings {big}, where an interrupted run stopped" in run.stdout
+        assert run.summary_line("bindings") == "bindings: " + tally(BIG - 1000, BIG - 1000, 0, 0)
+        assert run.summary_line("credentials") == "credentials: " + tally(0, 0, 0, 0)
+        # Nothing twice, nothing missing.
+        assert_copied(client, source)
+        path = f"/v1/Services/{big}/Bindings"
+        assert len(local_list(client, path, "Tag=big")) == BIG
+
+        # Completed, the import forgets where it was: the next run copies everything again.
+        before = len(counting.paths)
+        again = succeeded(importer(counting.url))
+
+        assert len(counting.paths) - before == 7
+        assert "resumed" not in again.stdout
+        small = len(source.small_bindings)
+        assert again.summary_line("bindings") == "bindings: " + tally(
+            BIG + small, 0, 0, BIG + small
+        )
+
+    def test_restart_copies_everything_again(
+        self, source: Source, importer: Importer, client: TestClient, proxy
+    ) -> None:
+        _, counting = interrupt_through_proxy(source, importer, proxy, signal.SIGKILL)
+        before = len(counting.paths)
+
+        run = succeeded(importer(counting.url, "--restart"))
+
+        assert len(counting.paths) - before == 7
+        assert "resumed" not in run.stdout
+        small = len(source.small_bindings)
+        assert run.summary_line("bindings") == "bindings: " + tally(
+            BIG + small, BIG - 1000, 0, 1000 + small
+        )
         assert_copied(client, source)
 
     def test_ctrl_c_stops_with_a_summary(
@@ -997,40 +1061,124 @@ class TestImportOutput:
         assert run.stdout.startswith(f"import from {source.base_url} into local account ")
         assert not PAGE_LINE.search(run.stdout)
 
-    def test_a_terminal_sees_one_live_progress_line(
-        self, source: Source, importer: Importer
-    ) -> None:
+    def test_a_terminal_sees_a_progress_bar(self, source: Source, importer: Importer) -> None:
         big = source.services["big"]
-        controller, terminal = pty.openpty()
-        try:
-            done = subprocess.run(
-                importer.command(source.base_url, "--service", big),
-                env=importer.env(),
-                cwd=importer.workdir,
-                stdout=subprocess.PIPE,
-                stderr=terminal,
-                text=True,
-                timeout=120,
-            )
-            os.close(terminal)
-            shown = b""
-            while select.select([controller], [], [], 0.5)[0]:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:  # EIO: the writing side is closed
-                    break
-                if not chunk:
-                    break
-                shown += chunk
-        finally:
-            os.close(controller)
-        assert done.returncode == 0, done.stdout
-        text = shown.decode()
+        small = source.services["small"]
+        process, shown = on_a_terminal(
+            importer, importer.command(source.base_url, "--service", small, "--service", big)
+        )
+
+        assert process.returncode == 0, shown
+        # tqdm's bars: the services are counted (total, percentage, rate, ETA), and the
+        # bindings of the service being copied beside them.
+        assert re.search(r"bindings: +50%\|.*\| 1/2 \[\d\d:\d\d<\d\d:\d\d, ", shown), shown
+        assert re.search(r"bindings: 100%\|.*\| 2/2 \[", shown), shown
+        assert " service/s" in shown
         for count in (1000, 2000, BIG):
-            assert f"\r\x1b[Kbindings {big}: {count} copied (" in text
-        # One line per phase (credentials, services, bindings), rewritten in place.
-        assert text.count("\n") == 3, text
-        assert done.stdout.startswith("import from ")
+            assert f"bindings {big}: {count} copied, " in shown
+        assert re.search(r"credentials: 4 credential \[", shown), shown
+        assert re.search(r"services: 100%\|.*\| 2/2 \[", shown), shown
+        # Rewritten in place: one line per bar (credentials, services, bindings) and the summary.
+        summary = shown[shown.index("import from ") :]
+        assert shown.count("\n") - summary.count("\n") == 3, shown
+
+    def test_asks_for_the_token_on_a_terminal_without_echo(
+        self, source: Source, importer: Importer, client: TestClient
+    ) -> None:
+        small = source.services["small"]
+        process, shown = on_a_terminal(
+            importer,
+            importer.command(source.base_url, "--service", small, "--quiet"),
+            token=None,
+            answer=(f"auth token of {SOURCE.sid} at {source.base_url}: ", SOURCE.auth_token),
+        )
+
+        assert process.returncode == 0, shown
+        assert SOURCE.auth_token not in shown  # typed, not echoed
+        assert "services: 1 copied (1 new" in shown
+        assert local_list(client, "/v1/Services")[0]["sid"] == small
+
+    def test_no_token_and_no_terminal_is_one_line(
+        self, source: Source, importer: Importer, client: TestClient
+    ) -> None:
+        run = importer(source.base_url, token=None)
+
+        assert run.returncode == 2
+        assert run.stderr == (
+            f"notify-server import: no auth token for {SOURCE.sid}: set NOTIFY_IMPORT_AUTH_TOKEN"
+            " (or run on a terminal, to be asked for it)\n"
+        )
+        assert run.stdout == ""
+        assert client.get("/v1/Services", auth=SOURCE.auth).status_code == 401
+
+    def test_the_deprecated_flag_still_works_and_says_so(
+        self, source: Source, importer: Importer, client: TestClient
+    ) -> None:
+        small = source.services["small"]
+        run = succeeded(
+            importer(
+                source.base_url, "--service", small, "--auth-token", SOURCE.auth_token, token=None
+            )
+        )
+
+        assert run.summary_line("services") == "services: " + tally(1, 1, 0, 0)
+        assert (
+            "notify-server import: --auth-token is deprecated (`ps` and shell history show it):"
+            " set NOTIFY_IMPORT_AUTH_TOKEN instead"
+        ) in run.stderr
+        assert SOURCE.auth_token not in run.stdout + run.stderr
+
+
+def on_a_terminal(
+    importer: Importer,
+    command: list[str],
+    *,
+    token: str | None = SOURCE.auth_token,
+    answer: tuple[str, str] | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """`command` with a pseudo-terminal as its controlling terminal (stdin, stderr; getpass
+    opens /dev/tty); `answer` is (prompt, what to type once it shows). Everything shown on the
+    terminal, and stdout, as one text."""
+    controller, terminal = pty.openpty()
+    # 30 rows of 160 columns: a new pseudo-terminal has none, and tqdm would draw no bar.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))
+    process = subprocess.Popen(
+        command,
+        env=importer.env(token),
+        cwd=importer.workdir,
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        start_new_session=True,
+        # The child opens its terminal once, so that it becomes its controlling terminal.
+        preexec_fn=lambda: os.close(os.open(os.ttyname(0), os.O_RDWR)),
+    )
+    os.close(terminal)
+    shown = b""
+    try:
+        while True:
+            if not select.select([controller], [], [], 0.5)[0]:
+                if process.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: every writer is gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if answer is not None and answer[0].encode() in shown:
+                os.write(controller, answer[1].encode() + b"\n")
+                answer = None
+        assert process.stdout is not None
+        stdout = process.stdout.read().decode()
+        process.wait(timeout=60)
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+    return process, shown.decode().replace("\r\n", "\n") + stdout
 
 
 class TestImportLocalDatabase:

@@ -10,7 +10,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,13 +24,14 @@ from notify_server.credentials.router import routes as credentials_routes
 from notify_server.crypto import SecretKeyError, secret_box_for
 from notify_server.db import Checkpointer, Database, make_engine
 from notify_server.delivery.worker import DeliveryWorker
-from notify_server.deployment import check_secret_key, check_when_reachable
+from notify_server.deployment import SchemaBehind, check_secret_key, check_when_reachable
 from notify_server.docs_routes import routes as docs_routes
 from notify_server.edge import Edge
 from notify_server.errors import (
     InvalidParameter,
     MethodNotAllowed,
     NotFound,
+    SchemaNotMigrated,
     ServiceUnavailable,
     TwilioError,
     twilio_error_response,
@@ -75,8 +76,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
         return twilio_error_response(InvalidParameter("Invalid request"))
 
-    @app.exception_handler(OperationalError)
-    async def database_unavailable(request: Request, error: OperationalError) -> Response:
+    @app.exception_handler(DBAPIError)
+    async def database_unavailable(request: Request, error: DBAPIError) -> Response:
+        if migrate.is_unmigrated(error):
+            log.error("the database is not migrated: run `notify-server db upgrade`")
+            return twilio_error_response(SchemaNotMigrated())
+        if not isinstance(error, OperationalError):
+            raise error  # a bug of ours: the 500 and its traceback
         log.error("database error on %s %s: %s", request.method, request.url.path, error.orig)
         return twilio_error_response(ServiceUnavailable())
 
@@ -100,6 +106,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # run directly must not seal secrets with a key no other process can open.
         try:
             check_secret_key(engine, secret_box)
+        except SchemaBehind:
+            # `serve --no-migrate` before the migration ran: API calls answer 503 and /readyz
+            # says why until it has; then the key is checked and delivery starts.
+            log.warning(
+                "the database is not migrated: run `notify-server db upgrade`;"
+                " until then every API call answers 503"
+            )
+            secret_box.hold()
         except SecretKeyError as error:
             log.error("notify-server: %s", error)
             engine.dispose()

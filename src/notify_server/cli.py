@@ -2,18 +2,32 @@
 
 import argparse
 import asyncio
+import errno
 import importlib.metadata
 import json
 import math
 import os
 import signal
+import socket
 import sys
 import tempfile
+import traceback
 from contextlib import ExitStack
+from pathlib import Path
+from typing import NoReturn
 
 import uvicorn
+from alembic.util.exc import CommandError
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    StatementError,
+)
 
 from notify_server import migrate
 from notify_server.accounts.operations import (
@@ -27,7 +41,7 @@ from notify_server.config import Settings, get_settings
 from notify_server.crypto import SecretBox, SecretKeyError, secret_box_for
 from notify_server.db import make_engine, transaction
 from notify_server.delivery.worker import DeliveryWorker
-from notify_server.deployment import check_secret_key
+from notify_server.deployment import SchemaBehind, check_secret_key
 from notify_server.healthcheck import probe_health
 from notify_server.logs import configure_logging, uvicorn_log_config
 from notify_server.metrics import MULTIPROCESS_DIR, Metrics
@@ -48,7 +62,8 @@ def checked_secret_box(settings: Settings, *, database_may_be_down: bool = False
     engine = make_engine(settings.database_url)
     try:
         check_secret_key(engine, box)
-    except OperationalError:
+    except (OperationalError, SchemaBehind):
+        # The server answers 503 and says why until the database is up and migrated.
         if not database_may_be_down:
             raise
         box.hold()
@@ -61,6 +76,12 @@ def _ensure_configured_account(settings: Settings, box: SecretBox) -> None:
     if bool(settings.account_sid) != bool(settings.auth_token):
         raise InvalidAccountSid("NOTIFY_ACCOUNT_SID and NOTIFY_AUTH_TOKEN go together: set both")
     if settings.account_sid and settings.auth_token:
+        if box.held:
+            raise CommandFailed(
+                "NOTIFY_ACCOUNT_SID is ensured at start-up, which needs the database up and"
+                " migrated: run `notify-server db upgrade` first (or serve without --no-migrate)",
+                2,
+            )
         engine = make_engine(settings.database_url)
         try:
             for attempt in (1, 2):
@@ -77,6 +98,7 @@ def _ensure_configured_account(settings: Settings, box: SecretBox) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    _check_serve_ports(args, settings)
     _wait_for_database(args, settings)
     # Migrate once here, before any worker process starts.
     if not args.no_migrate:
@@ -105,6 +127,15 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     with cleanup:
         _run_uvicorn(args, settings)
     return 0
+
+
+def _check_serve_ports(args: argparse.Namespace, settings: Settings) -> None:
+    host = args.host or settings.host
+    check_can_listen(host, args.port or settings.port, "--port or NOTIFY_PORT")
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    if settings.metrics_enabled and metrics_port is not None:
+        metrics_host = settings.metrics_host or host
+        check_can_listen(metrics_host, metrics_port, "--metrics-port or NOTIFY_METRICS_PORT")
 
 
 def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
@@ -139,6 +170,12 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     engine = make_engine(settings.database_url)
     if args.metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": args.metrics_port})
+    if settings.metrics_enabled and settings.metrics_port is not None:
+        check_can_listen(
+            settings.metrics_host or settings.host,
+            settings.metrics_port,
+            "--metrics-port or NOTIFY_METRICS_PORT",
+        )
     metrics = Metrics(engine, settings) if settings.metrics_enabled else None
     delivery_worker = DeliveryWorker(engine, settings, box, metrics=metrics)
     exporter = _worker_health_listener(metrics, settings)
@@ -158,9 +195,11 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
         try:
             exporter.start()
         except OSError as error:
-            print(f"notify-server: cannot listen for metrics: {error}", file=sys.stderr)
             engine.dispose()
-            return 1
+            raise CommandFailed(
+                f"cannot listen for metrics ({error.strerror}): choose another port with"
+                " --metrics-port or NOTIFY_METRICS_PORT"
+            ) from None
     try:
         asyncio.run(run())
     finally:
@@ -229,6 +268,20 @@ def db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def db_current(args: argparse.Namespace, settings: Settings) -> int:
+    """The schema's revision; exit 0 only at this code's head (or ahead of it)."""
+    current = migrate.current_revision(settings.database_url)
+    head = migrate.head_revision()
+    if current is None:
+        print(f"none (not migrated; head is {head}): run `notify-server db upgrade`")
+        return 1
+    if current in migrate.older_revisions():
+        print(f"{current} (behind head {head}): run `notify-server db upgrade`")
+        return 1
+    print(f"{current} (head)" if current == head else f"{current} (newer than this code's {head})")
+    return 0
+
+
 def accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     box = checked_secret_box(settings)
     engine = make_engine(settings.database_url)
@@ -285,12 +338,21 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, as every other failure: argparse would print the whole usage first.
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="notify-server", description="The Twilio Notify v1 REST API, self-hosted."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--debug", action="store_true", help="on a failure, print the traceback as well"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_cmd = commands.add_parser("serve", help="migrate the database, then serve the API")
     serve_cmd.add_argument("--host", help="default NOTIFY_HOST or 127.0.0.1")
@@ -336,7 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     import_cmd.add_argument(
         "--account-sid", required=True, metavar="AC…", help="the source account's SID"
     )
-    import_cmd.add_argument("--auth-token", required=True, help="the source account's auth token")
+    import_cmd.add_argument(
+        "--auth-token",
+        help="deprecated: `ps` and shell history show it; set NOTIFY_IMPORT_AUTH_TOKEN instead,"
+        " or leave both out to be asked for it on a terminal",
+    )
     import_cmd.add_argument(
         "--service", action="append", metavar="IS…", help="only this service (repeatable)"
     )
@@ -347,10 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     import_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
     import_cmd.add_argument("--quiet", action="store_true", help="only the summary")
+    import_cmd.add_argument(
+        "--restart",
+        action="store_true",
+        help="copy everything again, instead of resuming where an interrupted run stopped",
+    )
     import_cmd.set_defaults(run=import_command)
 
     db_cmd = commands.add_parser("db", help="database schema").add_subparsers(
-        dest="db_command", required=True
+        dest="db_command", required=True, metavar="COMMAND"
     )
     upgrade_cmd = db_cmd.add_parser("upgrade", help="migrate to the latest schema")
     upgrade_cmd.add_argument(
@@ -361,9 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     downgrade_cmd = db_cmd.add_parser("downgrade", help="migrate back to a revision")
     downgrade_cmd.add_argument("revision", help="the revision to go back to (e.g. 0001, base)")
     downgrade_cmd.set_defaults(run=db_downgrade)
+    current_cmd = db_cmd.add_parser(
+        "current", help="print the schema's revision (exit 1 if it is behind this code)"
+    )
+    current_cmd.set_defaults(run=db_current)
 
     accounts_cmd = commands.add_parser("accounts", help="accounts").add_subparsers(
-        dest="accounts_command", required=True
+        dest="accounts_command", required=True, metavar="COMMAND"
     )
     account_create = accounts_cmd.add_parser("create", help="create an account")
     account_create.add_argument("--friendly-name", help="the account's friendly name")
@@ -371,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     account_create.set_defaults(run=accounts_create)
 
     keys_cmd = commands.add_parser("keys", help="API keys").add_subparsers(
-        dest="keys_command", required=True
+        dest="keys_command", required=True, metavar="COMMAND"
     )
     key_create = keys_cmd.add_parser("create", help="create an API key of an account")
     key_create.add_argument(
@@ -392,6 +467,153 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- failures: one line each -----------------------------------------------------------------
+
+
+class CommandFailed(Exception):
+    """What is wrong and what to do, in one line, and the exit code (2: fix the set-up)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+DEBUG_HINT = "run `notify-server --debug ...` for the traceback"
+
+
+def explain(error: Exception, settings: Settings) -> CommandFailed:
+    """The one place a failure becomes the line a person reads. Never a secret: no SQL
+    parameters (the engine hides them, and so does this), no password of a URL."""
+    if isinstance(error, CommandFailed):
+        return error
+    if isinstance(error, InvalidAccountSid | SecretKeyError):
+        return CommandFailed(str(error), 2)
+    if isinstance(error, NotWritable | DatabaseNotReady):
+        return CommandFailed(str(error), 1)
+    if isinstance(error, CommandError):  # alembic: an unknown revision, a bad target
+        known = ", ".join(["base", *migrate.revisions(), "head"])
+        return CommandFailed(f"{error} (the revisions of this notify-server: {known})", 2)
+    if isinstance(error, DBAPIError):
+        if migrate.is_unmigrated(error):
+            return CommandFailed(NOT_MIGRATED, 2)
+        if isinstance(error, OperationalError) or error.connection_invalidated:
+            return CommandFailed(_database_failure(error, settings.database_url))
+    _hide_statement_parameters(error)
+    lines = str(error).strip().splitlines()
+    what = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return CommandFailed(f"unexpected error ({what}); {DEBUG_HINT}")
+
+
+NOT_MIGRATED = "the database is not migrated: run `notify-server db upgrade`"
+
+
+def _database_failure(error: DBAPIError, database_url: str) -> str:
+    reason = " ".join(str(error.orig).split())
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        where = url.render_as_string(hide_password=True)
+        return (
+            f"cannot use the database at {where}: {reason}:"
+            " check NOTIFY_DATABASE_URL and that PostgreSQL is running"
+        )
+    path = Path(url.database or "").absolute()
+    uid = os.geteuid()
+    if reason == "unable to open database file":
+        if not path.parent.is_dir():
+            return (
+                f"cannot open the SQLite database {path}: the folder {path.parent} does not"
+                " exist: create it, or point NOTIFY_DATABASE_URL elsewhere"
+            )
+        return (
+            f"cannot open the SQLite database {path}: uid {uid} may not create or write files"
+            f" in {path.parent}: make it writable, or point NOTIFY_DATABASE_URL elsewhere"
+        )
+    if "readonly database" in reason:
+        return (
+            f"the SQLite database {path} is read-only for uid {uid}: make it and its folder"
+            " writable, or point NOTIFY_DATABASE_URL elsewhere"
+        )
+    if "not a database" in reason:
+        return f"{path} is not a SQLite database: point NOTIFY_DATABASE_URL at notify-server's"
+    if "locked" in reason:
+        return f"the SQLite database {path} stayed locked by another process: try again"
+    return f"the SQLite database {path} failed: {reason}"
+
+
+def _hide_statement_parameters(error: BaseException | None) -> None:
+    # A failed INSERT carries its parameters (a sealed auth token, a key's hash): never shown.
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, StatementError):
+            error.hide_parameters = True
+        error = error.__cause__ or error.__context__
+
+
+SUPPORTED_DATABASES = (
+    "sqlite:///path/to/notify-server.db or postgresql+psycopg://user:password@host:5432/name"
+)
+
+
+def check_database_url(database_url: str) -> None:
+    """Before anything connects: a URL of a database notify-server speaks, with our driver."""
+    try:
+        dialect = make_url(database_url).get_dialect()
+    except ArgumentError:
+        raise CommandFailed(
+            f"NOTIFY_DATABASE_URL is not a database URL: give {SUPPORTED_DATABASES}", 2
+        ) from None
+    except NoSuchModuleError:
+        dialect = None
+    if dialect is None or (dialect.name, dialect.driver) not in (
+        ("sqlite", "pysqlite"),
+        ("postgresql", "psycopg"),
+    ):
+        raise CommandFailed(
+            f"NOTIFY_DATABASE_URL names a database notify-server does not speak: give"
+            f" {SUPPORTED_DATABASES}",
+            2,
+        )
+
+
+def check_can_listen(host: str, port: int, option: str) -> None:
+    """Bind and let go, before anything starts: a port in use is one line, not a server that
+    starts its worker and then dies on the bind."""
+    if not 1 <= port <= 65535:
+        raise CommandFailed(f"{option}: {port} is not a port number (1-65535)", 2)
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise CommandFailed(
+            f"cannot listen on {host!r}: {error.strerror}: give an address of this machine"
+            " (--host or NOTIFY_HOST)",
+            2,
+        ) from None
+    with socket.socket(family, kind) as listener:
+        # As uvicorn binds: a port left in TIME_WAIT by the last run is free.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                problem = "is in use by another process"
+            elif error.errno == errno.EACCES:
+                problem = f"needs privileges uid {os.geteuid()} does not have"
+            elif error.errno == errno.EADDRNOTAVAIL:
+                raise CommandFailed(
+                    f"{host} is not an address of this machine: give another with --host or"
+                    " NOTIFY_HOST",
+                    2,
+                ) from None
+            else:
+                problem = f"cannot be listened on ({error.strerror})"
+            raise CommandFailed(
+                f"port {port} on {host} {problem}: choose another with {option}"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -405,15 +627,20 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "log_level") and args.log_level is None:
         args.log_level = settings.log_level
     try:
+        check_database_url(settings.database_url)
         if getattr(args, "touches_data", True):
             check_writable(settings)
-        return args.run(args, settings)
-    except (InvalidAccountSid, SecretKeyError) as exc:
-        print(f"notify-server: {exc}", file=sys.stderr)
-        return 2
-    except (NotWritable, DatabaseNotReady) as exc:
-        print(f"notify-server: {exc}", file=sys.stderr)
-        return 1
+        return int(args.run(args, settings))
+    except KeyboardInterrupt:
+        print("notify-server: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        failure = explain(error, settings)
+        if args.debug:
+            _hide_statement_parameters(error)
+            traceback.print_exception(error, file=sys.stderr)
+        print(f"notify-server: {failure}", file=sys.stderr)
+        return failure.exit_code
 
 
 if __name__ == "__main__":

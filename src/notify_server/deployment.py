@@ -11,11 +11,13 @@ import logging
 from datetime import datetime
 from typing import cast
 
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, Integer, String, Table, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from notify_server import migrate
 from notify_server.accounts.models import Account
 from notify_server.credentials.models import Credential
 from notify_server.crypto import SecretBox, SecretKeyError, short
@@ -42,12 +44,16 @@ class Deployment(Base):
 deployment = cast(Table, Deployment.__table__)
 
 
+class SchemaBehind(SecretKeyError):
+    """No deployment table yet: the key cannot be checked before `db upgrade`."""
+
+
 def check_secret_key(engine: Engine, box: SecretBox) -> None:
     """The box's key is this deployment's, or SecretKeyError. The first key to come is
     recorded, once it has shown it opens the secrets already stored (if any)."""
     with transaction(engine, write=True) as conn:
         if not inspect(conn).has_table(deployment.name):
-            raise SecretKeyError(
+            raise SchemaBehind(
                 "the database schema is older than this notify-server:"
                 " run `notify-server db upgrade`"
             )
@@ -85,20 +91,30 @@ def check_secret_key(engine: Engine, box: SecretBox) -> None:
 
 
 async def check_when_reachable(engine: Engine, box: SecretBox, retry_seconds: float = 1.0) -> bool:
-    """For a server that started while the database was down, its box held: checks the key
-    as soon as the database answers. True (the box released) once the key is the
-    deployment's; False, logged, the box still held, if it is not."""
+    """For a server that started while the database was down (or not migrated), its box held:
+    checks the key as soon as the database answers, migrated. True (the box released) once
+    the key is the deployment's; False, logged, the box still held, if it is not."""
+    behind = migrate.older_revisions()
     while True:
         await asyncio.sleep(retry_seconds)
         try:
+            # Not before the migration has finished: the worker needs every table and column.
+            if await asyncio.to_thread(_schema_behind, engine, behind):
+                continue
             await asyncio.to_thread(check_secret_key, engine, box)
-        except OperationalError:
+        except (OperationalError, SchemaBehind):
             continue
         except SecretKeyError as error:
             log.error("notify-server: %s", error)
             return False
         box.release()
         return True
+
+
+def _schema_behind(engine: Engine, behind: frozenset[str]) -> bool:
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return current is None or current in behind
 
 
 def _stored_fingerprint(conn: Connection) -> str | None:

@@ -81,8 +81,16 @@ class BodyTooLarge(TwilioError):
 class ServiceUnavailable(TwilioError):
     status, code = 503, 20503
 
+    def __init__(self, message: str = "Service is unavailable, please retry the request") -> None:
+        super().__init__(message)
+
+
+class SchemaNotMigrated(ServiceUnavailable):
     def __init__(self) -> None:
-        super().__init__("Service is unavailable, please retry the request")
+        super().__init__(
+            "Service is unavailable: the database schema is not migrated"
+            " (the operator must run `notify-server db upgrade`)"
+        )
 
 
 class InternalError(TwilioError):

@@ -3,11 +3,15 @@
 The source is Twilio (https://notify.twilio.com) or another notify-server. Every SID, field and
 date is kept, so a client that stored a SID keeps working once it points here. Each page is
 written in its own transaction and upserted by SID: an import that stops half-way is simply
-run again, and copies nothing twice.
+run again, and copies nothing twice. Each page's transaction also records where the next page
+is (import_progress): run again, an interrupted import resumes there instead of asking the
+source for everything again; a completed one forgets it, so the next run copies it all anew.
 """
 
 import argparse
 import email.utils
+import getpass
+import hashlib
 import os
 import random
 import sys
@@ -16,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import urljoin
 
 import httpx
@@ -25,7 +29,9 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    String,
     Table,
+    Text,
     bindparam,
     delete,
     insert,
@@ -33,7 +39,10 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Mapped, mapped_column
+from tqdm import tqdm
 
 from notify_server.accounts import repository as accounts
 from notify_server.accounts.operations import ensure_account, hash_secret
@@ -50,9 +59,9 @@ from notify_server.bindings.schemas import BINDING_TYPES
 from notify_server.config import Settings
 from notify_server.credentials.repository import credentials
 from notify_server.crypto import SecretBox
-from notify_server.db import make_engine, transaction
+from notify_server.db import Base, make_engine, transaction
 from notify_server.services.repository import CREDENTIAL_COLUMNS, services
-from notify_server.wire import is_sid
+from notify_server.wire import is_sid, utcnow
 
 PAGE_SIZE = 1000
 MAX_RETRIES = 6
@@ -78,6 +87,7 @@ _SERVICE_DEFAULT_VERSION = {
 
 
 RUN_AGAIN = "What was copied stays copied: run the same command again to finish"
+TOKEN_VARIABLE = "NOTIFY_IMPORT_AUTH_TOKEN"
 
 
 class ImportFailed(Exception):
@@ -155,8 +165,9 @@ class Source:
             time.sleep(wait)
         raise AssertionError("unreachable")
 
-    def pages(self, url: str) -> Iterator[list[dict]]:
-        """Each page's records, following meta.next_page_url verbatim (as the SDKs do)."""
+    def pages(self, url: str) -> Iterator[tuple[list[dict], str | None]]:
+        """Each page's records and the next page's URL, following meta.next_page_url verbatim
+        (as the SDKs do)."""
         next_url: str | None = url
         while next_url:
             body = self.get(next_url)
@@ -168,10 +179,10 @@ class Source:
             records = body.get(key) if isinstance(key, str) else None
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
                 raise ImportFailed(f"GET {next_url}: the answer has no list of records")
-            yield records
             following = meta.get("next_page_url")
             # Absolute from Twilio and notify-server; a relative one is taken from the source.
             next_url = urljoin(self.base_url + "/", following) if following else None
+            yield records, next_url
 
 
 def _json_object(response: httpx.Response, url: str) -> dict:
@@ -215,36 +226,53 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class Progress:
-    """A live line on a terminal, a line per page otherwise, nothing but the summary if quiet."""
+    """A progress bar (tqdm) on a terminal, a line per page otherwise, nothing but the summary
+    if quiet. The source says how many services there are, not how many records: the
+    bindings bar counts services (percentage, rate, ETA), with the bindings copied beside."""
 
     def __init__(self, stream: IO[str], *, quiet: bool) -> None:
         self._stream = stream
         self._quiet = quiet
         self._tty = stream.isatty()
-        self._open_line = False
+        self._bar: tqdm | None = None
+
+    def start(self, what: str, total: int | None = None, unit: str = "record") -> None:
+        self.done()
+        if self._tty and not self._quiet:
+            self._bar = tqdm(
+                desc=what, total=total, unit=f" {unit}", file=self._stream, dynamic_ncols=True
+            )
 
     def page(self, what: str, count: int, started: float) -> None:
+        """`count` records of `what` copied so far in this phase."""
         if self._quiet:
             return
         rate = count / max(time.monotonic() - started, 1e-6)
-        line = f"{what}: {count} copied ({rate:.0f}/s)"
-        if self._tty:
-            self._stream.write(f"\r\x1b[K{line}")
-            self._open_line = True
-        else:
-            self._stream.write(line + "\n")
+        if self._bar is not None:
+            if self._bar.total is None:
+                self._bar.update(count - self._bar.n)
+            else:
+                self._bar.set_postfix_str(f"{what}: {count} copied, {rate:.0f}/s")
+            return
+        self._stream.write(f"{what}: {count} copied ({rate:.0f}/s)\n")
         self._stream.flush()
 
+    def step(self) -> None:
+        """One more of the bar's total done (a service's bindings)."""
+        if self._bar is not None:
+            self._bar.update(1)
+
     def done(self) -> None:
-        if self._open_line:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._open_line = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def note(self, text: str) -> None:
         if self._quiet:
             return
-        self.done()
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
+            return
         self._stream.write(text + "\n")
         self._stream.flush()
 
@@ -276,11 +304,18 @@ class Report:
     invalid: list[str] = field(default_factory=list)
     # sid -> (type, friendly_name) of the copied credentials that hold no secrets here.
     needs_secrets: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    # Where an earlier, interrupted run of this import had stopped, if this one resumed there.
+    resumed_at: str | None = None
 
     def lines(self, local_url: str) -> list[str]:
         lines = [f"import from {self.source_url}"]
         if self.local_account:
             lines[0] += f" into local account {self.local_account}{self.account_note}"
+        if self.resumed_at:
+            lines.append(
+                f"resumed at {self.resumed_at}, where an interrupted run stopped: what it"
+                " copied is not counted below (--restart copies everything again)"
+            )
         lines += [
             self.services.line("services"),
             self.bindings.line("bindings"),
@@ -748,6 +783,83 @@ def _foreign_binding_credentials(
         )
 
 
+# --- where an interrupted import stopped -----------------------------------------------------
+
+
+class ImportProgress(Base):
+    __tablename__ = "import_progress"
+
+    # Import.key: the same source, source account, local account and --service list.
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # JSON {"done": [stream, ...], "next": {stream: next page URL}}; streams are
+    # "credentials" and "bindings IS..."; URLs relative to the source's base URL.
+    state: Mapped[str] = mapped_column(Text)
+    date_updated: Mapped[datetime]
+
+
+import_progress = cast(Table, ImportProgress.__table__)
+
+
+class Resume:
+    """This import's progress: loaded at the start, saved in each page's own transaction (so
+    it never disagrees with what was written), forgotten when the import completes."""
+
+    def __init__(self, key: str, base_url: str, state: dict | None) -> None:
+        self.key = key
+        self._base_url = base_url
+        state = state or {}
+        self._done: list[str] = list(state.get("done", []))
+        self._next: dict[str, str] = dict(state.get("next", {}))
+        self.resuming = bool(self._done or self._next)
+
+    @classmethod
+    def load(cls, engine: Engine, key: str, base_url: str, *, restart: bool) -> "Resume":
+        with transaction(engine, write=False) as conn:
+            row = conn.execute(
+                select(import_progress.c.state).where(import_progress.c.key == key)
+            ).scalar_one_or_none()
+        return cls(key, base_url, None if restart or row is None else orjson.loads(row))
+
+    def done(self, stream: str) -> bool:
+        return stream in self._done
+
+    def first_url(self, stream: str, url: str) -> str:
+        """Where `stream` starts: its saved next page, else `url`."""
+        saved = self._next.get(stream)
+        return self._base_url + saved if saved else url
+
+    def where(self) -> str:
+        """Where an earlier run stopped, for the summary."""
+        return next(iter(self._next), None) or f"the stream after {self._done[-1]}"
+
+    def save(self, conn: Connection, stream: str, next_url: str | None) -> None:
+        if next_url is None:
+            self._next.pop(stream, None)
+            self._done.append(stream)
+        else:
+            self._next[stream] = next_url.removeprefix(self._base_url)
+        state = orjson.dumps({"done": self._done, "next": self._next}).decode()
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        upsert = insert(import_progress).values(key=self.key, state=state, date_updated=utcnow())
+        conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[import_progress.c.key],
+                set_={"state": upsert.excluded.state, "date_updated": upsert.excluded.date_updated},
+            )
+        )
+
+    def forget(self, engine: Engine) -> None:
+        with transaction(engine, write=True) as conn:
+            conn.execute(delete(import_progress).where(import_progress.c.key == self.key))
+
+
+def import_key(
+    source_url: str, source_account: str, local_account: str, services: list[str]
+) -> str:
+    what = [source_url, source_account, local_account, *sorted(set(services))]
+    return hashlib.sha256("\n".join(what).encode()).hexdigest()
+
+
 # --- the command -----------------------------------------------------------------------------
 
 
@@ -762,8 +874,23 @@ def run_import(args: argparse.Namespace, settings: Settings, box: SecretBox) -> 
     if problem:
         print(f"notify-server import: {problem}", file=stderr)
         return 2
+    if args.auth_token:
+        print(
+            "notify-server import: --auth-token is deprecated (`ps` and shell history show it):"
+            f" set {TOKEN_VARIABLE} instead",
+            file=stderr,
+        )
+    token = _auth_token(args)
+    if token is None:
+        print(
+            f"notify-server import: no auth token for {args.account_sid}: set {TOKEN_VARIABLE}"
+            " (or run on a terminal, to be asked for it)",
+            file=stderr,
+        )
+        return 2
+    args.auth_token = token
     engine = make_engine(settings.database_url)
-    source = Source(source_url, args.account_sid, args.auth_token, progress)
+    source = Source(source_url, args.account_sid, token, progress)
     failure, code = None, 0
     try:
         _copy(args, source, engine, box, progress, report)
@@ -782,6 +909,23 @@ def run_import(args: argparse.Namespace, settings: Settings, box: SecretBox) -> 
     if failure:
         print(f"notify-server import: {failure}", file=stderr)
     return code
+
+
+def _auth_token(args: argparse.Namespace) -> str | None:
+    """The source's token: --auth-token (deprecated: `ps` and shell history show it), else
+    NOTIFY_IMPORT_AUTH_TOKEN, else asked for on a terminal without echo."""
+    if args.auth_token:
+        return str(args.auth_token)
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    if token:
+        return token
+    if not sys.stdin.isatty():
+        return None
+    try:
+        token = getpass.getpass(f"auth token of {args.account_sid} at {args.source_url}: ")
+    except EOFError:
+        return None
+    return token.strip() or None
 
 
 def _usage_problem(args: argparse.Namespace) -> str | None:
@@ -814,40 +958,61 @@ def _copy(
     service_records = _source_services(source, args.service)
     report.local_account = _local_account(args, engine, box, report)
     account_sid = report.local_account
+    key = import_key(source.base_url, args.account_sid, account_sid, args.service or [])
+    resume = Resume.load(engine, key, source.base_url, restart=args.restart)
+    if resume.resuming:
+        report.resumed_at = resume.where()
 
-    started, count = time.monotonic(), 0
-    for page in source.pages(f"{source.base_url}/v1/Credentials?PageSize={PAGE_SIZE}"):
-        records = _valid(page, credential_values, "credential", report)
-        with transaction(engine, write=True) as conn:
-            write_credentials(conn, account_sid, records, report)
-        count += len(records)
-        progress.page("credentials", count, started)
-    progress.done()
+    if not resume.done("credentials"):
+        started, count = time.monotonic(), 0
+        progress.start("credentials", unit="credential")
+        url = resume.first_url(
+            "credentials", f"{source.base_url}/v1/Credentials?PageSize={PAGE_SIZE}"
+        )
+        for page, next_url in source.pages(url):
+            records = _valid(page, credential_values, "credential", report)
+            with transaction(engine, write=True) as conn:
+                write_credentials(conn, account_sid, records, report)
+                resume.save(conn, "credentials", next_url)
+            count += len(records)
+            progress.page("credentials", count, started)
+        progress.done()
 
     started = time.monotonic()
     records = _valid(service_records, service_values, "service", report)
     with transaction(engine, write=True) as conn:
         copied = write_services(conn, account_sid, records, report)
+    progress.start("services", total=len(records), unit="service")
     progress.page("services", len(copied), started)
+    for _ in records:
+        progress.step()
     progress.done()
 
+    progress.start("bindings", total=len(copied), unit="service")
     for sid, service in copied.items():
+        stream = f"bindings {sid}"
+        if resume.done(stream):
+            progress.step()
+            continue
         started, count = time.monotonic(), 0
         url = f"{source.base_url}/v1/Services/{sid}/Bindings?PageSize={PAGE_SIZE}"
-        for page in source.pages(url):
+        for page, next_url in source.pages(resume.first_url(stream, url)):
             records = _valid(page, partial(binding_values, service=service), "binding", report)
             with transaction(engine, write=True) as conn:
                 write_bindings(conn, account_sid, service, records, report)
+                resume.save(conn, stream, next_url)
             count += len(records)
-            progress.page(f"bindings {sid}", count, started)
-        progress.done()
+            progress.page(stream, count, started)
+        progress.step()
+    progress.done()
+    resume.forget(engine)
 
 
 def _source_services(source: Source, wanted: list[str] | None) -> list[dict]:
     if not wanted:
         return [
             record
-            for page in source.pages(f"{source.base_url}/v1/Services?PageSize={PAGE_SIZE}")
+            for page, _ in source.pages(f"{source.base_url}/v1/Services?PageSize={PAGE_SIZE}")
             for record in page
         ]
     found = []

@@ -5,7 +5,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.exc import DBAPIError
+
+from notify_server.db import make_engine
 
 
 def script_location() -> str:
@@ -44,3 +48,30 @@ def older_revisions() -> frozenset[str]:
     script = ScriptDirectory(script_location())
     head = script.get_current_head()
     return frozenset(r.revision for r in script.walk_revisions() if r.revision != head)
+
+
+def revisions() -> list[str]:
+    """Every revision of this code, oldest first."""
+    script = ScriptDirectory(script_location())
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
+def current_revision(database_url: str) -> str | None:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+# PostgreSQL's undefined_table; SQLite has no codes, only the message.
+_UNDEFINED_TABLE = "42P01"
+
+
+def is_unmigrated(error: DBAPIError) -> bool:
+    """A statement failed because a table of ours does not exist: the schema is not migrated."""
+    orig = error.orig
+    if getattr(orig, "sqlstate", None) == _UNDEFINED_TABLE:
+        return True
+    return str(orig).startswith("no such table")

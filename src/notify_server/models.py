@@ -5,6 +5,7 @@ from notify_server.bindings.models import Binding, BindingTag
 from notify_server.credentials.models import Credential
 from notify_server.db import Base
 from notify_server.deployment import Deployment
+from notify_server.importer import ImportProgress
 from notify_server.notifications.models import Delivery, Expansion, Notification
 from notify_server.services.models import Service
 
@@ -18,6 +19,7 @@ __all__ = [
     "Delivery",
     "Deployment",
     "Expansion",
+    "ImportProgress",
     "Notification",
     "Service",
 ]
