@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from notify_server.config import Settings
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
+from notify_server.delivery.h2client import H2Client, H2Error, Response
 
 log = logging.getLogger("notify_server.delivery")
 
@@ -133,9 +134,9 @@ def _unix(value: datetime) -> int:
     return int(value.timestamp())
 
 
-def _reason(response: httpx.Response) -> str | None:
+def _reason(response: Response) -> str | None:
     try:
-        body = orjson.loads(response.content)
+        body = orjson.loads(response.body)
     except orjson.JSONDecodeError:
         return None
     reason = body.get("reason") if isinstance(body, dict) else None
@@ -164,7 +165,7 @@ class ApnsChannel:
         self._settings = settings
         self._clock = clock
         # One HTTP/2 client per (base URL, client certificate digest or None).
-        self._clients: dict[tuple[str, str | None], httpx.AsyncClient] = {}
+        self._clients: dict[tuple[str, str | None], H2Client] = {}
         # Provider tokens per (key id, team id, key digest): (jwt, monotonic time made).
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._certificates: dict[str, _CertificateAuth] = {}
@@ -190,17 +191,17 @@ class ApnsChannel:
 
         url = f"{base}/3/device/{quote(job.address, safe='')}"
         try:
-            response = await client.post(url, content=orjson.dumps(payload), headers=headers)
-        except httpx.TransportError as exc:
+            response = await client.request("POST", url, headers, orjson.dumps(payload))
+        except H2Error as exc:
             return Result(
                 Outcome.RETRY, error_message=f"APNs unreachable: {type(exc).__name__}: {exc}"
             )
-        log.debug("APNs answered %s for delivery %s", response.status_code, job.delivery_id)
+        log.debug("APNs answered %s for delivery %s", response.status, job.delivery_id)
         return self._answer(response, token_cache_key)
 
     def _authenticate(
         self, credential: CredentialSecrets, base: str, headers: dict[str, str]
-    ) -> tuple[httpx.AsyncClient, tuple[str, str, str] | None] | Result:
+    ) -> tuple[H2Client, tuple[str, str, str] | None] | Result:
         """Token auth (a JWT in `authorization`) or certificate auth (a TLS client certificate):
         adds the auth and topic headers; returns the client to send with and the token's cache
         key, or the failure."""
@@ -248,20 +249,18 @@ class ApnsChannel:
             return client, None
         return _failed(_missing_auth_message(credential))
 
-    def _answer(
-        self, response: httpx.Response, token_cache_key: tuple[str, str, str] | None
-    ) -> Result:
-        status = response.status_code
-        reason = _reason(response)
-        text = response.text[:RESPONSE_LIMIT] or None
-        message = f"APNs answered {status} {reason}" if reason else f"APNs answered {status}"
+    def _answer(self, response: Response, token_cache_key: tuple[str, str, str] | None) -> Result:
+        status = response.status
+        text = response.body[:RESPONSE_LIMIT].decode(errors="replace") or None
         if status == 200:
             return Result(
                 Outcome.SENT,
-                provider_message_id=response.headers.get("apns-id"),
+                provider_message_id=response.header("apns-id"),
                 provider_status=status,
                 provider_response=text,
             )
+        reason = _reason(response)
+        message = f"APNs answered {status} {reason}" if reason else f"APNs answered {status}"
         unregistered = status == 410 or (status == 400 and reason in UNREGISTERED_REASONS)
         if status == 403 and reason == "ExpiredProviderToken":
             if token_cache_key is not None:
@@ -300,20 +299,15 @@ class ApnsChannel:
             auth = self._certificates[digest] = _CertificateAuth(certificate, private_key, digest)
         return auth
 
-    def _client(self, base: str, auth: _CertificateAuth | None = None) -> httpx.AsyncClient:
+    def _client(self, base: str, auth: _CertificateAuth | None = None) -> H2Client:
         digest = auth.digest if auth is not None else None
         client = self._clients.get((base, digest))
         if client is None:
             # https: TLS with ALPN h2, as APNs requires; http:// (tests): h2 prior knowledge.
-            verify: ssl.SSLContext | bool = True
+            context = None
             if auth is not None:
-                verify = client_ssl_context(auth.certificate, auth.private_key)
-            client = httpx.AsyncClient(
-                http1=False,
-                http2=True,
-                verify=verify,
-                timeout=self._settings.delivery_timeout_seconds,
-            )
+                context = client_ssl_context(auth.certificate, auth.private_key)
+            client = H2Client(ssl_context=context, timeout=self._settings.delivery_timeout_seconds)
             self._clients[(base, digest)] = client
         return client
 
