@@ -168,6 +168,13 @@ class _Connection(asyncio.Protocol):
             self._abort()
             return
         for event in events:
+            if isinstance(event, h2.events.ConnectionTerminated):
+                # First: the requests it leaves unprocessed then wake (and queue for the next
+                # connection) before those woken by this read's answers send their next ones,
+                # or a server whose GOAWAY stops short of the newest streams would refuse the
+                # same retried requests on every new connection.
+                self._goaway(event.last_stream_id or 0, event.error_code or 0)
+        for event in events:
             if isinstance(event, h2.events.ResponseReceived):
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
@@ -214,8 +221,6 @@ class _Connection(asyncio.Protocol):
                     self.ready.set_result(None)
             elif isinstance(event, h2.events.PingAckReceived):
                 self._ping_sent_at = None
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self._goaway(event.last_stream_id or 0, event.error_code or 0)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
