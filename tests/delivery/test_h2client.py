@@ -118,9 +118,12 @@ class ScriptedServer:
     connection aborted), /blackhole (the server stops reading the connection: no answers, no
     PING acks). Counts what it sees."""
 
-    def __init__(self, *, max_streams: int = 100, window: int | None = None) -> None:
+    def __init__(
+        self, *, max_streams: int = 100, window: int | None = None, settings_delay: float = 0
+    ) -> None:
         self.max_streams = max_streams
         self.window = window
+        self.settings_delay = settings_delay  # before the server's SETTINGS go out
         self.connections = 0
         self.closed_connections = 0
         self.open_streams = 0
@@ -157,6 +160,7 @@ class ScriptedServer:
             settings[SettingCodes.INITIAL_WINDOW_SIZE] = self.window
         conn.local_settings = Settings(client=False, initial_values=settings)
         conn.initiate_connection()
+        await asyncio.sleep(self.settings_delay)
         writer.write(conn.data_to_send())
         streams: dict[int, tuple[str, bytearray]] = {}
         pending: dict[int, bytes] = {}  # response bodies waiting for window
@@ -430,6 +434,8 @@ class TestTls:
 
 class TestStreams:
     def test_max_streams_and_waiting_for_a_free_one(self):
+        # The server's SETTINGS come late: the client must wait for them (until then HTTP/2
+        # sets no limit) rather than open 40 streams where 5 are allowed.
         async def test(server: ScriptedServer, client: H2Client) -> None:
             answers = await asyncio.gather(
                 *(client.request("POST", f"{server.url}/slow/{i}") for i in range(40))
@@ -438,7 +444,7 @@ class TestStreams:
             assert server.peak_streams == 5
             assert server.paths["slow"] == 40
 
-        run(with_server(test, server=ScriptedServer(max_streams=5)))
+        run(with_server(test, server=ScriptedServer(max_streams=5, settings_delay=0.1)))
 
     def test_our_own_stream_cap(self):
         async def test(server: ScriptedServer, client: H2Client) -> None:

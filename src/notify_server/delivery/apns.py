@@ -34,11 +34,19 @@ RESPONSE_LIMIT = 1000
 UNREGISTERED_REASONS = frozenset(("BadDeviceToken", "DeviceTokenNotForTopic"))
 # apns-id is derived from the outbox row, so every attempt at one delivery carries the same id.
 APNS_ID_NAMESPACE = uuid.UUID("4f0c6d0e-8a47-5c31-9a52-2b1e0a6f7d13")
+_APNS_ID_PREFIX = APNS_ID_NAMESPACE.bytes
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
 
 def apns_id(job: Job) -> str:
-    return str(uuid.uuid5(APNS_ID_NAMESPACE, f"{job.notification_sid}/{job.delivery_id}"))
+    """uuid5(APNS_ID_NAMESPACE, "<notification sid>/<delivery id>"), without building a UUID
+    object (it is per push: this is a third of uuid.uuid5's CPU)."""
+    name = f"{job.notification_sid}/{job.delivery_id}".encode()
+    digest = bytearray(hashlib.sha1(_APNS_ID_PREFIX + name).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

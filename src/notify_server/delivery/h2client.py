@@ -245,27 +245,28 @@ class _Connection(asyncio.Protocol):
     # Requests
 
     async def request(
-        self, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self,
+        method: bytes,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        deadline: float,
+        seconds: float,
     ) -> Response:
+        """One request, answered by `deadline` (loop time) or failed with RequestTimeout."""
         self._last_request = self._loop.time()
-        while self._closed is None and len(self._streams) >= self._stream_limit():
-            waiter = self._loop.create_future()
-            self._waiters.append(waiter)
+        if self._closed is None and (
+            len(self._streams) >= self._stream_limit() or self._writable is not None
+        ):
             try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_waiters()  # pass the slot we were given on
-                raise
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                async with asyncio.timeout_at(deadline):
+                    await self._stream_free()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no free stream on {self._authority.decode()} within {seconds} s"
+                ) from None
         if self._closed is not None:
             raise _NotSent(str(self._closed))
-        while self._writable is not None:
-            await asyncio.shield(self._writable)
-            if self._closed is not None:
-                raise _NotSent(str(self._closed))
         all_headers = [
             (b":method", method),
             (b":scheme", self._scheme),
@@ -287,12 +288,38 @@ class _Connection(asyncio.Protocol):
         if body:
             self._send_body(stream_id, stream)
         self._flush_soon()
+        # A timer, not asyncio.timeout: a third of the CPU of a cancel scope per request.
+        timer = self._loop.call_at(deadline, self._expire, stream_id, stream, seconds)
         try:
             return await stream.future
-        except asyncio.CancelledError:  # the caller's timeout, or shutdown: free the stream
+        except asyncio.CancelledError:  # shutdown, or the caller's own timeout: free the stream
             if self._streams.get(stream_id) is stream:
                 self._reset(stream_id, stream, None)
             raise
+        finally:
+            timer.cancel()
+
+    async def _stream_free(self) -> None:
+        while self._closed is None and len(self._streams) >= self._stream_limit():
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_waiters()  # pass the slot we were given on
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        while self._writable is not None and self._closed is None:
+            await asyncio.shield(self._writable)
+
+    def _expire(self, stream_id: int, stream: _Stream, seconds: float) -> None:
+        if self._streams.get(stream_id) is stream:
+            error = RequestTimeout(f"no answer from {self._authority.decode()} within {seconds} s")
+            self._reset(stream_id, stream, error)
+            self.probe()
 
     def probe(self) -> None:
         """A request got no answer in time: PING, and drop the connection if that gets none."""
@@ -498,33 +525,30 @@ class H2Client:
             for name, value in (headers or {}).items()
         ]
         raw_path = ("/" + path if slash else "/").encode()
-        connection: _Connection | None = None
-        try:
-            async with asyncio.timeout(self.timeout if timeout is None else timeout):
-                retries = 0
-                while True:
-                    connection = await self._connection(origin)
-                    try:
-                        return await connection.request(
-                            method.encode(), raw_path, raw_headers, body
-                        )
-                    except _NotSent:
-                        continue  # it never left: not a retry
-                    except _Unprocessed as exc:
-                        retries += 1
-                        if retries > _UNPROCESSED_RETRIES:
-                            raise ConnectionLost(f"{exc}, {retries} times") from None
-        except TimeoutError:
-            if connection is not None:
-                connection.probe()
-            raise RequestTimeout(
-                f"no answer from {key} within {self.timeout if timeout is None else timeout} s"
-            ) from None
+        raw_method = method.encode()
+        seconds = self.timeout if timeout is None else timeout
+        deadline = asyncio.get_running_loop().time() + seconds
+        retries = 0
+        while True:
+            connection = origin.connection
+            if connection is None or not connection.usable:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        connection = await self._connection(origin)
+                except TimeoutError:
+                    raise RequestTimeout(f"no connection to {key} within {seconds} s") from None
+            try:
+                return await connection.request(
+                    raw_method, raw_path, raw_headers, body, deadline, seconds
+                )
+            except _NotSent:
+                continue  # it never left: not a retry
+            except _Unprocessed as exc:
+                retries += 1
+                if retries > _UNPROCESSED_RETRIES:
+                    raise ConnectionLost(f"{exc}, {retries} times") from None
 
     async def _connection(self, origin: _Origin) -> _Connection:
-        connection = origin.connection
-        if connection is not None and connection.usable:
-            return connection
         if self._closed:
             raise ConnectError("the client is closed")
         if origin.connecting is None:
