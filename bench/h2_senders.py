@@ -788,7 +788,7 @@ def sender(name: str, url: str, args: argparse.Namespace, spec_path: Path) -> di
     python = sys.executable
     if name in ("e-niquests", "e-curl_cffi"):
         python = str(Path(args.extras_venv, "bin", "python"))
-    concurrency = 64 if name in PRODUCT_SENDERS else args.streams
+    concurrency = args.product_tasks if name in PRODUCT_SENDERS else args.streams
     argv = [python, __file__, "--sender", name, "--url", url, "--spec", str(spec_path)]
     argv += ["-n", str(args.n), "--warmup", str(args.warmup), "--concurrency", str(concurrency)]
     # (a) imports notify_server from the baseline tree; everything else from this one.
@@ -1058,7 +1058,8 @@ def main_run(args: argparse.Namespace) -> int:
 
         print(
             f"\nsenders (CPU 0) -> fast fake (CPU 1), n={args.n} after {args.warmup} warm-up,"
-            f" {args.streams} streams (product: 64 tasks), {args.repeats} repeats:",
+            f" {args.streams} streams (product: {args.product_tasks} tasks),"
+            f" {args.repeats} repeats:",
             flush=True,
         )
         names = [s for s in args.only if s not in unavailable]
@@ -1260,6 +1261,12 @@ def main() -> int:
     parser.add_argument("--json", help="write the medians and machine state here")
     parser.add_argument(
         "--baseline", default=DEFAULT_BASELINE, help="the commit whose ApnsChannel (a) runs"
+    )
+    parser.add_argument(
+        "--product-tasks",
+        type=int,
+        default=64,
+        help="concurrent sends of (a) and (g) (64: worker_concurrency's default)",
     )
     parser.add_argument("--selftest", action="store_true")
     # Internal: one sender, or the Python fake, in its own process.

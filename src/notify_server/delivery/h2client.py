@@ -137,9 +137,12 @@ class _Connection(asyncio.Protocol):
         self.lost: asyncio.Future[None] = self._loop.create_future()
         now = self._loop.time()
         self._last_received = now
-        self._last_request = now
+        self._last_request = now  # as of the last tick that saw _requests move
+        self._requests = 0
+        self._requests_at_tick = 0
         self._ping_sent_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stream_limit = client.max_streams  # and the server's, once its SETTINGS come
 
     @property
     def usable(self) -> bool:
@@ -215,6 +218,8 @@ class _Connection(asyncio.Protocol):
                 self._resume_bodies(event.stream_id)
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 # A larger initial window may unblock bodies; a new stream limit, waiters.
+                remote_limit = self._h2.remote_settings.max_concurrent_streams
+                self._stream_limit = min(self._client.max_streams, remote_limit)
                 self._resume_bodies(0)
                 self._wake_waiters()
                 if not self.ready.done():
@@ -254,9 +259,9 @@ class _Connection(asyncio.Protocol):
         seconds: float,
     ) -> Response:
         """One request, answered by `deadline` (loop time) or failed with RequestTimeout."""
-        self._last_request = self._loop.time()
+        self._requests += 1
         if self._closed is None and (
-            len(self._streams) >= self._stream_limit() or self._writable is not None
+            len(self._streams) >= self._stream_limit or self._writable is not None
         ):
             try:
                 async with asyncio.timeout_at(deadline):
@@ -300,7 +305,7 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
 
     async def _stream_free(self) -> None:
-        while self._closed is None and len(self._streams) >= self._stream_limit():
+        while self._closed is None and len(self._streams) >= self._stream_limit:
             waiter = self._loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -338,9 +343,6 @@ class _Connection(asyncio.Protocol):
         await self.lost
 
     # Internals
-
-    def _stream_limit(self) -> int:
-        return min(self._client.max_streams, self._h2.remote_settings.max_concurrent_streams)
 
     def _send_body(self, stream_id: int, stream: _Stream) -> None:
         """As much of the body as the stream's and the connection's windows allow."""
@@ -382,7 +384,7 @@ class _Connection(asyncio.Protocol):
             self._transport.close()  # after GOAWAY, once the kept streams are done
 
     def _wake_waiters(self) -> None:
-        free = self._stream_limit() - len(self._streams)
+        free = self._stream_limit - len(self._streams)
         while self._waiters and (free > 0 or self._closed is not None):
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -415,6 +417,9 @@ class _Connection(asyncio.Protocol):
             return
         now = self._loop.time()
         client = self._client
+        if self._requests != self._requests_at_tick:
+            self._requests_at_tick = self._requests
+            self._last_request = now
         if not self._streams and now - self._last_request >= client.idle_timeout:
             self._closed = ConnectionLost("idle")
             self._h2.close_connection()
