@@ -7,7 +7,9 @@ One run measures, on this 2-core machine:
 2. the senders, one process each pinned to CPU 0 while the fast fake is pinned to CPU 1, N
    APNs-shaped requests (`POST /3/device/<64 hex>`, apns-topic/-push-type/-priority/-expiration,
    apns-id, `authorization: bearer <ES256 JWT>`, the product's own ~150-byte JSON payload):
-   (a) the product's send path, `ApnsChannel(settings).send(job)`, 64 concurrent tasks;
+   (a) the product's send path, `ApnsChannel(settings).send(job)`, 64 concurrent tasks, of the
+   baseline tree (`--baseline`, by default the last commit before the product's own HTTP/2
+   client: httpx); (g) the same of the current tree (notify_server.delivery.h2client);
    (b) plain `httpx.AsyncClient(http2=True)`; (c) the raw `h2` + asyncio client below;
    (d) the same on uvloop; (e) httpcore directly, niquests and curl_cffi (these two in their own
    venv, so the project's venv is left alone); (f) h2load itself.
@@ -17,7 +19,8 @@ and each rate's ratio to (a). `--selftest` checks the raw client against the fas
 statuses, flow control, a low max-concurrent-streams and GOAWAY. See bench/H2_SENDERS.md.
 
     .venv/bin/python bench/h2_senders.py                 # everything, 3 repeats, N=50,000
-    .venv/bin/python bench/h2_senders.py --only a-product c-raw-h2 f-h2load --repeats 1 -n 10000
+    .venv/bin/python bench/h2_senders.py --only a-product c-raw-h2 g-product-h2 f-h2load \
+        -n 10000 --repeats 3 --skip-ceilings
     .venv/bin/python bench/h2_senders.py --selftest
 """
 
@@ -63,6 +66,9 @@ START_TIMEOUT = 30.0
 BUSY_WAIT_SECONDS = 20 * 60
 EXTRAS = ("niquests", "curl_cffi")
 DEFAULT_EXTRAS_VENV = Path(tempfile.gettempdir(), "notify-h2senders-venv")
+# The last commit whose ApnsChannel sent through httpx: (a) runs its tree, (g) the current one.
+DEFAULT_BASELINE = "579a689"
+PRODUCT_SENDERS = ("a-product", "g-product-h2")
 KEY_ID = "ABC123DEFG"
 TEAM_ID = "DEF123GHIJ"
 BUNDLE_ID = "com.example.notify"
@@ -527,7 +533,7 @@ async def run_sender(name: str, url: str, spec: Spec, n: int, warmup: int, concu
     close: Callable[[], Any]
     version_check: Callable[[], str] = lambda: "HTTP/2"  # noqa: E731
 
-    if name == "a-product":
+    if name in PRODUCT_SENDERS:
         settings, make_job, _ = product_pieces(url)
         from notify_server.delivery.apns import ApnsChannel
         from notify_server.delivery.channels import Outcome
@@ -782,10 +788,12 @@ def sender(name: str, url: str, args: argparse.Namespace, spec_path: Path) -> di
     python = sys.executable
     if name in ("e-niquests", "e-curl_cffi"):
         python = str(Path(args.extras_venv, "bin", "python"))
-    concurrency = 64 if name == "a-product" else args.streams
+    concurrency = args.product_tasks if name in PRODUCT_SENDERS else args.streams
     argv = [python, __file__, "--sender", name, "--url", url, "--spec", str(spec_path)]
     argv += ["-n", str(args.n), "--warmup", str(args.warmup), "--concurrency", str(concurrency)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    # (a) imports notify_server from the baseline tree; everything else from this one.
+    source = args.baseline_tree if name == "a-product" else REPO
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(source, "src")), str(REPO)])}
     done = subprocess.run(
         pinned(SENDER_CPU, argv, args.pin),
         capture_output=True,
@@ -888,7 +896,17 @@ SENDERS = (
     "e-niquests",
     "e-curl_cffi",
     "f-h2load",
+    "g-product-h2",
 )
+
+
+def baseline_tree(ref: str, directory: Path) -> Path:
+    """`ref`'s src/ exported into `directory` (git archive: the work tree is left alone)."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "src"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
+    return directory
 
 
 def versions(extras_python: Path) -> dict[str, str]:
@@ -986,6 +1004,10 @@ def main_run(args: argparse.Namespace) -> int:
         fake("node", args.pin, tls_options(Path(tmp), args.tls)) as node_fake,
     ):
         settings_url = node_fake.url
+        args.baseline_tree = REPO
+        if "a-product" in args.only:
+            args.baseline_tree = baseline_tree(args.baseline, Path(tmp))
+            print(f"(a) a-product: the tree of {args.baseline}", flush=True)
         _, _, spec = product_pieces(settings_url)
         spec_path = Path(tmp, "spec.json")
         spec_path.write_text(spec.to_json())
@@ -1036,7 +1058,8 @@ def main_run(args: argparse.Namespace) -> int:
 
         print(
             f"\nsenders (CPU 0) -> fast fake (CPU 1), n={args.n} after {args.warmup} warm-up,"
-            f" {args.streams} streams (product: 64 tasks), {args.repeats} repeats:",
+            f" {args.streams} streams (product: {args.product_tasks} tasks),"
+            f" {args.repeats} repeats:",
             flush=True,
         )
         names = [s for s in args.only if s not in unavailable]
@@ -1078,19 +1101,22 @@ def print_tables(report: dict[str, Any], args: argparse.Namespace) -> None:
             )
     senders = report["senders"]
     base = senders.get("a-product")
+    raw = senders.get("c-raw-h2")
     print(
         "\n| sender | req/s (median) | runs | CPU µs/req | vs (a) rate | vs (a) CPU |"
-        " fake CPU µs/req | all 200 | others (cores) |"
+        " CPU / (c)'s | fake CPU µs/req | all 200 | others (cores) |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|---:|")
     for name, row in senders.items():
         runs = ", ".join(f"{r:,.0f}" for r in row["rates"])
         rate_ratio = f"{row['rate'] / base['rate']:.2f}x" if base else "-"
         cpu_ratio = f"{base['cpu_us'] / row['cpu_us']:.2f}x" if base else "-"
+        # How much more CPU a request costs than on the raw client: the target for (g).
+        raw_ratio = f"{row['cpu_us'] / raw['cpu_us']:.2f}x" if raw else "-"
         print(
             f"| {name} | {row['rate']:,.0f} | {runs} | {row['cpu_us']:.0f} | {rate_ratio} |"
-            f" {cpu_ratio} | {row['fake_cpu_us']:.0f} | {'yes' if row['all_ok'] else 'NO'} |"
-            f" {row['others']:.2f} |"
+            f" {cpu_ratio} | {raw_ratio} | {row['fake_cpu_us']:.0f} |"
+            f" {'yes' if row['all_ok'] else 'NO'} | {row['others']:.2f} |"
         )
     if report["unavailable"]:
         print(f"\nnot run (could not be installed): {', '.join(report['unavailable'])}")
@@ -1233,6 +1259,15 @@ def main() -> int:
     parser.add_argument("--tls", action="store_true", help="TLS with ALPN h2 instead of h2c")
     parser.add_argument("--no-pin", dest="pin", action="store_false")
     parser.add_argument("--json", help="write the medians and machine state here")
+    parser.add_argument(
+        "--baseline", default=DEFAULT_BASELINE, help="the commit whose ApnsChannel (a) runs"
+    )
+    parser.add_argument(
+        "--product-tasks",
+        type=int,
+        default=64,
+        help="concurrent sends of (a) and (g) (64: worker_concurrency's default)",
+    )
     parser.add_argument("--selftest", action="store_true")
     # Internal: one sender, or the Python fake, in its own process.
     parser.add_argument("--sender", help=argparse.SUPPRESS)

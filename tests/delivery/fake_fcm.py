@@ -3,10 +3,14 @@
 It records every request, verifies each JWT assertion with the registered service account's
 public key (as Google does: signature, aud = the key's token_uri, scope, a lifetime of at most
 an hour), issues access tokens, checks them on messages:send, and answers per scripted replies.
-`RecordingServer` (a Starlette app under uvicorn in a thread) is shared with fake_sms.py.
+`RecordingServer` (a Starlette app under hypercorn in a thread) is shared with fake_sms.py:
+hypercorn speaks HTTP/1.1 and HTTP/2 with prior knowledge on one port, as the FCM channel sends
+over HTTP/2 (h2c to an http:// URL) and exchanges tokens over HTTP/1.1.
 """
 
+import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -17,8 +21,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives import serialization
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +39,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    http_version: str = "1.1"  # "2" for HTTP/2
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -64,24 +70,37 @@ class RecordingServer:
         )
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        self._app = app
+        self._loop = asyncio.new_event_loop()
+        self._stopping = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        config = Config()
+        # A duplicate: hypercorn closes the socket it is given.
+        config.bind = [f"fd://{os.dup(self._sock.fileno())}"]
+        config.loglevel = "WARNING"
+        config.accesslog = None
+        self._loop.run_until_complete(
+            serve(self._app, config, shutdown_trigger=self._stopping.wait, mode="asgi")
         )
 
     def start(self) -> "RecordingServer":
         self._thread.start()
         deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the fake server did not start")
-            time.sleep(0.01)
-        return self
+        while True:  # up once it accepts a connection
+            try:
+                socket.create_connection(self._sock.getsockname(), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or not self._thread.is_alive():
+                    raise RuntimeError("the fake server did not start") from None
+                time.sleep(0.01)
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join(timeout=10)
         self._sock.close()
 
@@ -100,6 +119,7 @@ class RecordingServer:
             request.url.path,
             {k.lower(): v for k, v in request.headers.items()},
             await request.body(),
+            request.scope.get("http_version", "1.1"),
         )
         with self._lock:
             self._requests.append(recorded)

@@ -827,6 +827,12 @@ class TestBuildHeaders:
         assert ids[0] == ids[2] != ids[1]
         assert uuid.UUID(ids[0]).version == 5
 
+    def test_apns_id_is_uuid5_of_the_notification_and_delivery(self):
+        for delivery_id in (*range(0, 2000, 7), 2**40, 2**63 - 1):
+            job = Job(**{**make_job().__dict__, "delivery_id": delivery_id})
+            expected = uuid.uuid5(APNS_ID_NAMESPACE, f"{job.notification_sid}/{delivery_id}")
+            assert apns.apns_id(job) == str(expected)
+
 
 class TestNormalisePem:
     def test_single_line_certificate_and_key(self):

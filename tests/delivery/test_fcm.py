@@ -219,6 +219,9 @@ class TestFcmMessage:
         [send] = fake.sends
         assert send.method == "POST"
         assert send.path == "/v1/projects/proj-one/messages:send"
+        # The send over HTTP/2 (h2c to the fake), the token exchange over HTTP/1.1 (httpx).
+        assert send.http_version == "2"
+        assert [r.http_version for r in fake.token_requests] == ["1.1"]
         assert send.headers["authorization"] == "Bearer ya29.fake-1"
         assert send.headers["content-type"] == "application/json"
         assert send.json() == {

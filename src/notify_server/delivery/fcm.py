@@ -53,6 +53,7 @@ import functools
 import hashlib
 import json
 import time
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -61,6 +62,7 @@ import jwt
 from notify_server.config import Settings
 from notify_server.credentials.schemas import GOOGLE_PROJECT_ID
 from notify_server.delivery.channels import Job, Outcome, Result
+from notify_server.delivery.h2client import H2Client, H2Error, Response
 from notify_server.wire import quote_segment
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -102,12 +104,16 @@ class FcmChannel:
     def __init__(self, settings: Settings) -> None:
         self._base_url = settings.fcm_url.rstrip("/")
         self._token_url = settings.fcm_token_url
+        # The sends go over one multiplexed HTTP/2 connection; the rare token exchanges stay
+        # on httpx.
+        self._sender = H2Client(timeout=settings.delivery_timeout_seconds)
         self._client = httpx.AsyncClient(http2=True, timeout=settings.delivery_timeout_seconds)
         # (client_email, key digest) -> (access token, monotonic time to renew it)
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def aclose(self) -> None:
+        await self._sender.aclose()
         await self._client.aclose()
 
     async def send(self, job: Job) -> Result:
@@ -123,13 +129,13 @@ class FcmChannel:
         except _TransientError as error:
             return Result(Outcome.RETRY, error_message=str(error))
         url = f"{self._base_url}/v1/projects/{quote_segment(account['project_id'])}/messages:send"
+        headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+        body = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            response = await self._client.post(
-                url, json=request, headers={"Authorization": f"Bearer {token}"}
-            )
-        except httpx.HTTPError as error:
+            response = await self._sender.request("POST", url, headers, body)
+        except H2Error as error:
             return Result(Outcome.RETRY, error_message=f"FCM unreachable: {error!r}")
-        if response.status_code == 401:
+        if response.status == 401:
             # Revoked or expired early: fetch a new one on the next attempt (unless a
             # concurrent delivery already did).
             key = _cache_key(account)
@@ -175,7 +181,7 @@ class FcmChannel:
             raise _TransientError(f"FCM OAuth token endpoint unreachable: {error!r}") from None
         if response.status_code == 429 or response.status_code >= 500:
             raise _TransientError(f"FCM OAuth token endpoint answered {response.status_code}")
-        body = _json(response)
+        body = _json(response.content)
         token = body.get("access_token") if isinstance(body, dict) else None
         if response.status_code != 200 or not isinstance(token, str) or not token:
             detail = ""
@@ -334,11 +340,11 @@ def _json_list(value: str, key: str) -> Any:
     return parsed
 
 
-def answer(response: httpx.Response) -> Result:
+def answer(response: Response) -> Result:
     """An FCM v1 answer as a delivery result."""
-    status = response.status_code
-    text = response.text[:MAX_RESPONSE_CHARS]
-    body = _json(response)
+    status = response.status
+    text = response.body.decode(errors="replace")[:MAX_RESPONSE_CHARS]
+    body = _json(response.body)
     if status == 200:
         name = body.get("name") if isinstance(body, dict) else None
         return Result(
@@ -350,7 +356,7 @@ def answer(response: httpx.Response) -> Result:
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
     error_status = str(error.get("status") or "")
-    message = str(error.get("message") or response.reason_phrase or "")
+    message = str(error.get("message") or _reason_phrase(status))
     codes = _error_codes(error)
     label = next(iter(codes), error_status)
     summary = f"FCM {status}" + (f" {label}" if label else "") + (f": {message}" if message else "")
@@ -386,8 +392,15 @@ def _bad_token(status: int, error: dict[str, Any], codes: list[str]) -> bool:
     return False
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(body: bytes) -> Any:
     try:
-        return response.json()
-    except ValueError:
+        return json.loads(body)
+    except (ValueError, RecursionError):
         return None
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
