@@ -24,7 +24,7 @@ from notify_server.accounts.operations import (
 )
 from notify_server.config import Settings, get_settings
 from notify_server.crypto import SecretBox, SecretKeyError, secret_box_for
-from notify_server.db import make_engine, transaction
+from notify_server.db import Database, make_engine, transaction
 from notify_server.delivery.worker import DeliveryWorker
 from notify_server.deployment import check_secret_key
 from notify_server.logs import configure_logging, uvicorn_log_config
@@ -127,7 +127,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": args.metrics_port})
     metrics = Metrics(engine, settings) if settings.metrics_enabled else None
-    delivery_worker = DeliveryWorker(engine, settings, box, metrics=metrics)
+    delivery_worker = DeliveryWorker(Database(engine), settings, box, metrics=metrics)
     exporter = MetricsExporter(metrics, settings) if metrics is not None else None
 
     async def run() -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, Row, Table, select, update
 from notify_server.app import create_app
 from notify_server.config import Settings
 from notify_server.crypto import SecretBox
-from notify_server.db import make_engine
+from notify_server.db import Database, make_engine
 from notify_server.delivery.channels import Job, Outcome, Result
 from notify_server.delivery.worker import DeliveryWorker
 from notify_server.notifications.models import Delivery
@@ -178,15 +178,20 @@ def run_worker(
 ) -> None:
     """Run a worker until every outbox row is final (or through `scenario`)."""
 
+    database = Database(engine)
+
     async def main() -> None:
-        worker = DeliveryWorker(engine, settings, box, channels=FakeChannels(channel))
+        worker = DeliveryWorker(database, settings, box, channels=FakeChannels(channel))
         async with running(worker):
             if scenario is None:
                 await until(lambda: all_final(engine))
             else:
                 await scenario(worker)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        database.close()
 
 
 class TestSend:
@@ -569,11 +574,12 @@ class TestTwoWorkers:
         def work(index: int) -> None:
             # Its own engine, its own thread and loop: the two really overlap.
             own_engine = make_engine(database_url)
+            own_database = Database(own_engine)
 
             async def main() -> None:
                 channel = channels[index]
                 worker = DeliveryWorker(
-                    own_engine, worker_settings, box, channels=FakeChannels(channel)
+                    own_database, worker_settings, box, channels=FakeChannels(channel)
                 )
                 start.wait(timeout=10)
                 async with running(worker):
@@ -586,6 +592,7 @@ class TestTwoWorkers:
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 errors.append(exc)
             finally:
+                own_database.close()
                 own_engine.dispose()
 
         threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
