@@ -29,14 +29,10 @@ from tests.delivery.test_worker import (
     FakeChannel,
     FakeChannels,
     all_final,
-    api,  # noqa: F401 - fixtures
-    box,  # noqa: F401
     notify,
     outbox,
     running,
-    service_sid,  # noqa: F401
     until,
-    worker_settings,  # noqa: F401
 )
 from tests.factories import Account
 

@@ -11,15 +11,13 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, Row, Table, select, update
 
-from notify_server.app import create_app
 from notify_server.config import Settings
 from notify_server.crypto import SecretBox
 from notify_server.db import Database, make_engine
@@ -84,35 +82,6 @@ SENT = Result(Outcome.SENT, provider_message_id="msg-1", provider_status=200)
 RETRY = Result(
     Outcome.RETRY, provider_status=503, provider_response="busy", error_message="try later"
 )
-
-
-@pytest.fixture
-def worker_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "worker_poll_seconds": 0.02,
-            "worker_concurrency": 8,
-            "delivery_timeout_seconds": 0.3,
-            "worker_enabled": False,
-        }
-    )
-
-
-@pytest.fixture
-def box(worker_settings: Settings) -> SecretBox:
-    return SecretBox(worker_settings.secret_key, worker_settings.secret_key_file)
-
-
-@pytest.fixture
-def api(worker_settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    """The API with its own worker off: only the test's workers deliver."""
-    with TestClient(create_app(worker_settings), raise_server_exceptions=False) as client:
-        yield client
-
-
-@pytest.fixture
-def service_sid(api: TestClient, account: Account) -> str:
-    return make_service(api, account)["sid"]
 
 
 def notify(api: TestClient, account: Account, service_sid: str, **form) -> dict:
