@@ -164,6 +164,11 @@ class OutcomeRecorder:
                     self._waiting[:0] = batch
                     log.exception("recording %d delivery answers failed; retrying", len(batch))
                     return False
+                except asyncio.CancelledError:
+                    # The write may still commit on its thread; writing these again is
+                    # harmless (an answer only applies to a row still `sending`).
+                    self._waiting[:0] = batch
+                    raise
                 finally:
                     self._writing = []
                     self._settle_events()
