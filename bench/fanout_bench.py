@@ -214,14 +214,11 @@ def notify_server(
     port = free_port()
     notify = str(Path(sys.executable).with_name("notify-server"))
     argv = [notify, "serve", "--no-migrate", "--port", str(port), "--log-level", "warning"]
-    argv += ["--workers", str(workers)]
     log_file = log_path.open("w")
     # The tree measured comes first on the path (the venv's editable install comes after).
     path = {"PYTHONPATH": str(src)} if src is not None else {}
-    # Two processes get both cores (the fake's too): a 2-core machine has no third.
-    cpus = str(SERVER_CPU) if workers == 1 else f"{SERVER_CPU},{FAKE_CPU}"
     process = subprocess.Popen(
-        pinned(cpus, argv, pin),
+        pinned(SERVER_CPU, argv, pin),
         env={**os.environ, "NOTIFY_DATABASE_URL": database_url, **env, **path},
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -241,7 +238,24 @@ def notify_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"notify-server not healthy in {START_TIMEOUT:.0f} s")
             time.sleep(0.1)
-        yield Server(process, base_url, log_path)
+        # More delivery processes: `notify-server worker`s beside the server (not `serve
+        # --workers N`, whose children uvicorn kills when a health ping takes over 5 s, as
+        # they do on a loaded machine). On the fake's CPU: a 2-core machine has no third.
+        helpers = [
+            subprocess.Popen(
+                pinned(FAKE_CPU, [notify, "worker", "--no-migrate", "--log-level", "warning"], pin),
+                env={**os.environ, "NOTIFY_DATABASE_URL": database_url, **env, **path},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=log_path.parent,
+            )
+            for _ in range(workers - 1)
+        ]
+        try:
+            yield Server(process, base_url, log_path)
+        finally:
+            for helper in helpers:
+                _stop(helper)
     finally:
         _stop(process)
         log_file.close()
@@ -863,7 +877,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=BASELINE_COMMIT, help="the baseline commit")
     parser.add_argument("--worktree", type=Path, default=DEFAULT_WORKTREE)
     parser.add_argument(
-        "--pg-processes", default="1,2", help="serve --workers on PostgreSQL (current tree)"
+        "--pg-processes",
+        default="1,2",
+        help="delivery processes on PostgreSQL, current tree: serve + N-1 `notify-server worker`",
     )
     parser.add_argument("--fake", choices=("node", "python"), default="node")
     parser.add_argument(
