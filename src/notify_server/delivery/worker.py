@@ -158,17 +158,22 @@ class OutcomeRecorder:
                 batch = self._waiting[: self.batch_size]
                 del self._waiting[: len(batch)]
                 self._writing = batch
+                write = asyncio.ensure_future(self._write(batch))
                 try:
-                    await self._write(batch)
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    # The worker stops while the write runs on its thread: let it end, so
+                    # that stop() neither loses these answers nor writes them again.
+                    await asyncio.wait([write])
+                    if write.exception() is not None:
+                        self._waiting[:0] = batch
+                    else:
+                        self._on_recorded(batch)
+                    raise
                 except Exception:
                     self._waiting[:0] = batch
                     log.exception("recording %d delivery answers failed; retrying", len(batch))
                     return False
-                except asyncio.CancelledError:
-                    # The write may still commit on its thread; writing these again is
-                    # harmless (an answer only applies to a row still `sending`).
-                    self._waiting[:0] = batch
-                    raise
                 finally:
                     self._writing = []
                     self._settle_events()
