@@ -38,12 +38,15 @@ from typing import Any
 HOST = "127.0.0.1"  # the only address this benchmark sends anything to
 SERVER_CPU, FAKE_CPU = 0, 1
 REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 90.0
+START_TIMEOUT = 300.0  # two processes starting on a loaded 2-core machine took over 90 s
 HTTP_TIMEOUT = 600.0  # the 201 of a large fan-out on a loaded machine
 POLL_SECONDS = 0.25
 TAG = "FAST"
 NOISE_TAG = "SLOW"
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test_k"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test_h3"
+BASELINE_COMMIT = "46ab63f"
+DEFAULT_WORKTREE = Path("/tmp/fanout-base")
+FAST_FAKE = Path(__file__).resolve().parent / "fake_apns_fast.mjs"
 INSERT_BATCH = 5000
 # This many create-binding calls go through the HTTP API first, to show what seeding
 # everything that way would cost (and why the rest goes in through SQLAlchemy Core).
@@ -128,19 +131,41 @@ def _read_line(process: subprocess.Popen, timeout: float) -> str:
     return line.strip()
 
 
-def pinned(cpu: int, argv: list[str], pin: bool) -> list[str]:
+def pinned(cpu: int | str, argv: list[str], pin: bool) -> list[str]:
     return ["taskset", "-c", str(cpu), *argv] if pin else argv
 
 
+class FastFakeProcess(FakeProcess):
+    """bench/fake_apns_fast.mjs (Node http2): counters only, no receipt times. Answers `count`
+    and `dump` as the Python fake does (the dump writes no receipts)."""
+
+    def ask(self, command: str, timeout: float = 60.0) -> str:
+        verb = command.split(" ", 1)[0]
+        stats = json.loads(super().ask("stats", timeout))
+        if verb == "count":
+            return str(stats["requests"])
+        return json.dumps(
+            {
+                "requests": stats["requests"],
+                "connections": stats["connections"],
+                "cpu_seconds": stats["cpu_seconds"],
+                "statuses": stats.get("statuses"),
+            }
+        )
+
+
 @contextmanager
-def fake_apns(pin: bool) -> Iterator[FakeProcess]:
-    argv = pinned(FAKE_CPU, [sys.executable, __file__, "--fake-apns"], pin)
+def fake_apns(pin: bool, kind: str = "python") -> Iterator[FakeProcess]:
+    if kind == "node":
+        argv = pinned(FAKE_CPU, ["node", str(FAST_FAKE)], pin)
+    else:
+        argv = pinned(FAKE_CPU, [sys.executable, __file__, "--fake-apns"], pin)
     process = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO
     )
     try:
         url = _read_line(process, START_TIMEOUT)
-        yield FakeProcess(process, url)
+        yield (FastFakeProcess if kind == "node" else FakeProcess)(process, url)
     finally:
         with suppress(Exception):
             assert process.stdin is not None
@@ -177,7 +202,12 @@ def free_port() -> int:
 
 @contextmanager
 def notify_server(
-    database_url: str, env: dict[str, str], log_path: Path, pin: bool
+    database_url: str,
+    env: dict[str, str],
+    log_path: Path,
+    pin: bool,
+    src: Path | None = None,
+    workers: int = 1,
 ) -> Iterator[Server]:
     import httpx
 
@@ -185,9 +215,11 @@ def notify_server(
     notify = str(Path(sys.executable).with_name("notify-server"))
     argv = [notify, "serve", "--no-migrate", "--port", str(port), "--log-level", "warning"]
     log_file = log_path.open("w")
+    # The tree measured comes first on the path (the venv's editable install comes after).
+    path = {"PYTHONPATH": str(src)} if src is not None else {}
     process = subprocess.Popen(
         pinned(SERVER_CPU, argv, pin),
-        env={**os.environ, "NOTIFY_DATABASE_URL": database_url, **env},
+        env={**os.environ, "NOTIFY_DATABASE_URL": database_url, **env, **path},
         stdout=log_file,
         stderr=subprocess.STDOUT,
         cwd=log_path.parent,
@@ -206,7 +238,24 @@ def notify_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"notify-server not healthy in {START_TIMEOUT:.0f} s")
             time.sleep(0.1)
-        yield Server(process, base_url, log_path)
+        # More delivery processes: `notify-server worker`s beside the server (not `serve
+        # --workers N`, whose children uvicorn kills when a health ping takes over 5 s, as
+        # they do on a loaded machine). On the fake's CPU: a 2-core machine has no third.
+        helpers = [
+            subprocess.Popen(
+                pinned(FAKE_CPU, [notify, "worker", "--no-migrate", "--log-level", "warning"], pin),
+                env={**os.environ, "NOTIFY_DATABASE_URL": database_url, **env, **path},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=log_path.parent,
+            )
+            for _ in range(workers - 1)
+        ]
+        try:
+            yield Server(process, base_url, log_path)
+        finally:
+            for helper in helpers:
+                _stop(helper)
     finally:
         _stop(process)
         log_file.close()
@@ -398,6 +447,8 @@ PHASES = (
         "worker: claim (due rows, lease UPDATE, job SELECT, COMMIT)",
     ),
     ("_record (notify_server/delivery/worker.py", "worker: record the answers (UPDATE, COMMIT)"),
+    ("flush (notify_server/delivery/worker.py", "worker: record a batch of answers (awaited)"),
+    ("add (notify_server/delivery/worker.py", "worker: queue an answer for the batch"),
     ("_job (notify_server/delivery/worker.py", "worker: build the Job"),
     (
         "ApnsChannel.send (notify_server/delivery/apns.py",
@@ -420,9 +471,14 @@ def profile_summary(path: Path, top: int = 12) -> list[str]:
         threads[thread].append((frames, int(count)))
     if not threads:
         return ["  (empty profile)"]
+    # The worker's coroutines run only on the loop's thread (its statements on others').
+    on_loop = (
+        "_send (notify_server/delivery/worker.py",
+        "_deliver (notify_server/delivery/worker.py",
+    )
     loop = max(
         threads.values(),
-        key=lambda s: sum(n for frames, n in s if any("worker.py" in f for f in frames)),
+        key=lambda s: sum(n for frames, n in s if any(k in f for f in frames for k in on_loop)),
     )
     total = sum(n for _, n in loop)
     phases: Counter[str] = Counter()
@@ -461,7 +517,9 @@ def _frame(frame: str) -> str:
     return f"{name} ({'/'.join(parts[-2:])})" if where else name
 
 
-def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run_database(
+    kind: str, args: argparse.Namespace, workdir: Path, tree: str, src: Path, workers: int
+) -> dict[str, Any]:
     import httpx
     from cryptography.fernet import Fernet
     from sqlalchemy import select, text
@@ -470,9 +528,10 @@ def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str
     from notify_server.services.models import Service
     from tests.delivery.fake_apns import ec_key_pem
 
-    sqlite_url = f"sqlite:///{workdir / 'fanout.db'}"
+    sqlite_url = f"sqlite:///{workdir / f'fanout-{tree}-{workers}p.db'}"
     database_url = sqlite_url if kind == "sqlite" else args.postgres_url
-    print(f"\n== {kind}: {database_url}")
+    label = f"{tree}-{kind}-{workers}p"
+    print(f"\n== {tree} tree ({src}), {kind}, {workers} process(es): {database_url}")
     reset_database(database_url)
     engine = make_engine(database_url)
     account_sid = "AC" + uuid.uuid4().hex
@@ -485,12 +544,18 @@ def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str
     }
     if args.worker_concurrency:
         env["NOTIFY_WORKER_CONCURRENCY"] = str(args.worker_concurrency)
-    result: dict[str, Any] = {"database": kind, "bindings": args.bindings}
-    with fake_apns(args.pin) as fake:
+    result: dict[str, Any] = {
+        "database": kind,
+        "bindings": args.bindings,
+        "tree": tree,
+        "processes": workers,
+        "fake_kind": args.fake,
+    }
+    with fake_apns(args.pin, args.fake) as fake:
         env["NOTIFY_APNS_SANDBOX_URL"] = env["NOTIFY_APNS_PRODUCTION_URL"] = fake.url
-        log_path = workdir / f"server-{kind}.log"
+        log_path = workdir / f"server-{label}.log"
         with (
-            notify_server(database_url, env, log_path, args.pin) as server,
+            notify_server(database_url, env, log_path, args.pin, src, workers) as server,
             httpx.Client(
                 base_url=server.base_url, auth=(account_sid, auth_token), timeout=HTTP_TIMEOUT
             ) as client,
@@ -552,7 +617,7 @@ def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str
             profiler = None
             if args.profile:
                 args.profile.mkdir(parents=True, exist_ok=True)
-                profile_path = args.profile / f"fanout-{kind}.txt"
+                profile_path = args.profile / f"fanout-{label}.txt"
                 profiler = start_profile(
                     server.process.pid, args.profile_seconds, profile_path, args.pin
                 )
@@ -592,8 +657,10 @@ def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str
                 time.sleep(2)  # let idle backends flush their statistics
                 commits = committed_transactions(engine) - commits_before
                 result["commits_per_delivery"] = commits / max(1, written - remaining)
-            receipts_path = workdir / f"receipts-{kind}.txt"
+            receipts_path = workdir / f"receipts-{label}.txt"
             fake_stats = json.loads(fake.ask(f"dump {receipts_path}", timeout=120))
+            if not receipts_path.exists():  # the fast fake keeps counters only
+                receipts_path = None
             result.update(
                 finished=finished,
                 final_rows=written - remaining,
@@ -619,6 +686,30 @@ def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str
     return result
 
 
+def baseline_tree(args: argparse.Namespace) -> Path:
+    """The baseline commit checked out at --worktree (made again if it is another commit):
+    its src/ goes first on the server's path. The schema is the current tree's (migrated by
+    this process); the baseline runs on it with --no-migrate, as bench/fairness_bench.py does."""
+    git = ["git", "-C", str(REPO)]
+    wanted = subprocess.run(
+        [*git, "rev-parse", "--verify", f"{args.baseline}^{{commit}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    path: Path = args.worktree
+    if path.exists():
+        head = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        if head == wanted:
+            return path / "src"
+        subprocess.run([*git, "worktree", "remove", "--force", str(path)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+    subprocess.run([*git, "worktree", "add", "--detach", str(path), wanted], check=True)
+    return path / "src"
+
+
 def _created(response: Any) -> dict[str, Any]:
     if response.status_code != 201:
         raise RuntimeError(
@@ -635,7 +726,7 @@ def _wait_for_quiet(engine: Any) -> None:
 
 
 def _delivery_figures(
-    engine: Any, receipts_path: Path, posted_at: float, rows: int
+    engine: Any, receipts_path: Path | None, posted_at: float, rows: int
 ) -> dict[str, Any]:
     from sqlalchemy import text
 
@@ -643,7 +734,7 @@ def _delivery_figures(
     last_receipt: dict[str, float] = {}
     versions: Counter[str] = Counter()
     times = []
-    for line in receipts_path.read_text().splitlines():
+    for line in receipts_path.read_text().splitlines() if receipts_path else []:
         at_text, token, version = line.split(" ", 2)
         at = float(at_text)
         times.append(at)
@@ -666,6 +757,11 @@ def _delivery_figures(
         "statuses": dict(statuses),
         "attempts": {str(k): v for k, v in sorted(attempts.items())},
     }
+    if receipts_path is None:
+        # The fast fake keeps no receipt times: the rows' own times (each row's date_updated
+        # is when its answer came back) stand in for them; no per-delivery latencies.
+        times = [final_at[a] for a in final_at]
+        figures["requests_at_fake"] = None
     if not times or not final_at:
         return figures
     times.sort()
@@ -674,8 +770,9 @@ def _delivery_figures(
     # The middle 80% of requests: the rate once the worker is running and before the tail.
     low, high = times[len(times) // 10], times[(len(times) * 9) // 10]
     middle = ((len(times) * 9) // 10 - len(times) // 10) / (high - low) if high > low else None
-    end_to_end = [first_receipt[t] - posted_at for t in first_receipt]
+    end_to_end = [first_receipt[t] - posted_at for t in first_receipt] or [float("nan")]
     recorded = [final_at[t] - last_receipt[t] for t in last_receipt if t in final_at]
+    recorded = recorded or [float("nan")]
     figures.update(
         first_request_after_post=first - posted_at,
         delivery_seconds=span,
@@ -712,9 +809,13 @@ def _print_delivery(result: dict[str, Any]) -> None:
     pg = result["postgres_cpu_share"]
     print(
         f"      statuses {result['statuses']}, attempts {result['attempts']},"
-        f" {result['requests_at_fake']:,} requests at the fake {result['http_versions']}"
+        f" {result['fake']['requests']:,} requests at the fake"
+        f" {result['http_versions'] or result['fake'].get('statuses')}"
         f" over {result['fake']['connections']} connection(s)"
     )
+    exactly_once = result["fake"]["requests"] == result["final_rows"] == result["rows"]
+    result["every_row_sent_once"] = exactly_once and result["statuses"] == {"sent": result["rows"]}
+    print(f"      every row sent exactly once: {result['every_row_sent_once']}")
     print(
         f"      CPU while delivering: server {100 * result['server_cpu_share']:.0f}% of a core"
         f" (and {100 * result['server_run_queue_share']:.0f}% runnable but waiting for it),"
@@ -731,20 +832,34 @@ def _print_delivery(result: dict[str, Any]) -> None:
 def print_summary(results: list[dict[str, Any]], load: tuple[float, float, float]) -> None:
     print("\n== summary")
     print(
-        f"{'database':<11} {'bindings':>9} {'201 ms':>8} {'rows/s':>9} {'deliv/s':>8}"
+        f"{'tree':<9} {'proc':>4} {'database':<11} {'bindings':>9} {'201 ms':>8}"
+        f" {'rows/s':>9} {'deliv/s':>8}"
         f" {'mid80/s':>8} {'e2e p50 s':>9} {'e2e p99 s':>9} {'rcpt->final p50/p99 ms':>22}"
     )
     for r in results:
         if "deliveries_per_second" not in r:
-            print(f"{r['database']:<11} {r['bindings']:>9,} (incomplete)")
+            print(f"{r.get('tree', ''):<9} {r['database']:<11} {r['bindings']:>9,} (incomplete)")
             continue
         print(
-            f"{r['database']:<11} {r['bindings']:>9,} {r['created_seconds'] * 1000:>8,.0f}"
+            f"{r['tree']:<9} {r['processes']:>4} {r['database']:<11} {r['bindings']:>9,}"
+            f" {r['created_seconds'] * 1000:>8,.0f}"
             f" {r['rows_per_second']:>9,.0f} {r['deliveries_per_second']:>8,.0f}"
             f" {r['middle_80_per_second'] or 0:>8,.0f} {r['end_to_end_p50']:>9.1f}"
             f" {r['end_to_end_p99']:>9.1f}"
             f" {r['receipt_to_final_p50'] * 1000:>10.1f} / {r['receipt_to_final_p99'] * 1000:.1f}"
         )
+    rates = {
+        (r["tree"], r["database"], r["processes"]): r["deliveries_per_second"]
+        for r in results
+        if r.get("deliveries_per_second")
+    }
+    for kind in ("sqlite", "postgresql"):
+        now, base = rates.get(("current", kind, 1)), rates.get(("baseline", kind, 1))
+        if now and base:
+            print(f"deliveries/s, current / baseline, {kind}: {now / base:.2f}x")
+    one, two = rates.get(("current", "postgresql", 1)), rates.get(("current", "postgresql", 2))
+    if one and two:
+        print(f"deliveries/s, PostgreSQL, 2 processes / 1: {two / one:.2f}x")
     print(
         f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
         f" ({os.cpu_count()} CPUs)"
@@ -758,6 +873,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=int, default=3000, help="bindings without the tag")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument("--trees", default="current,baseline", help="current and/or baseline")
+    parser.add_argument("--baseline", default=BASELINE_COMMIT, help="the baseline commit")
+    parser.add_argument("--worktree", type=Path, default=DEFAULT_WORKTREE)
+    parser.add_argument(
+        "--pg-processes",
+        default="1,2",
+        help="delivery processes on PostgreSQL, current tree: serve + N-1 `notify-server worker`",
+    )
+    parser.add_argument("--fake", choices=("node", "python"), default="node")
     parser.add_argument(
         "--worker-concurrency", type=int, default=None, help="default: the server's (64)"
     )
@@ -795,18 +919,29 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     keep = args.keep
     try:
-        for kind in databases:
+        runs = []
+        trees = {}
+        for tree in [t.strip() for t in args.trees.split(",") if t.strip()]:
+            trees[tree] = REPO / "src" if tree == "current" else baseline_tree(args)
+            for kind in databases:
+                counts = [1]
+                if tree == "current" and kind == "postgresql":
+                    counts = [int(n) for n in args.pg_processes.split(",")]
+                runs += [(tree, kind, n) for n in counts]
+        for tree, kind, processes in runs:
             try:
-                results.append(run_database(kind, args, workdir))
+                results.append(run_database(kind, args, workdir, tree, trees[tree], processes))
                 keep = keep or bool(results[-1].get("server_log_errors"))
             except (RuntimeError, OSError) as exc:  # one database's failure: go on
                 print(f"  FAILED: {exc}")
-                log_path = workdir / f"server-{kind}.log"
+                log_path = workdir / f"server-{tree}-{kind}-{processes}p.log"
                 if log_path.exists():
                     print("  server log, last lines:")
                     for line in log_path.read_text().splitlines()[-15:]:
                         print(f"    {line[:400]}")
-                results.append({"database": kind, "bindings": args.bindings, "error": str(exc)})
+                results.append(
+                    {"database": kind, "bindings": args.bindings, "error": str(exc), "tree": tree}
+                )
                 keep = True
     finally:
         if keep:

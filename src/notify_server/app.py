@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics(engine, settings)
     exporter = MetricsExporter(metrics, settings) if settings.metrics_enabled else None
     outbound = OutboundPolicy(settings.outbound_allow)
-    worker = DeliveryWorker(engine, settings, secret_box, metrics=metrics, outbound=outbound)
+    worker = DeliveryWorker(database, settings, secret_box, metrics=metrics, outbound=outbound)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

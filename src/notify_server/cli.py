@@ -39,7 +39,7 @@ from notify_server.accounts.operations import (
 )
 from notify_server.config import Settings, get_settings
 from notify_server.crypto import SecretBox, SecretKeyError, secret_box_for
-from notify_server.db import make_engine, transaction
+from notify_server.db import Database, make_engine, transaction
 from notify_server.delivery.worker import DeliveryWorker
 from notify_server.deployment import SchemaBehind, check_secret_key
 from notify_server.healthcheck import probe_health
@@ -177,7 +177,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
             "--metrics-port or NOTIFY_METRICS_PORT",
         )
     metrics = Metrics(engine, settings) if settings.metrics_enabled else None
-    delivery_worker = DeliveryWorker(engine, settings, box, metrics=metrics)
+    delivery_worker = DeliveryWorker(Database(engine), settings, box, metrics=metrics)
     exporter = _worker_health_listener(metrics, settings)
 
     async def run() -> None:

@@ -11,18 +11,16 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, Row, Table, select, update
 
-from notify_server.app import create_app
 from notify_server.config import Settings
 from notify_server.crypto import SecretBox
-from notify_server.db import make_engine
+from notify_server.db import Database, make_engine
 from notify_server.delivery.channels import Job, Outcome, Result
 from notify_server.delivery.worker import DeliveryWorker
 from notify_server.notifications.models import Delivery
@@ -84,35 +82,6 @@ SENT = Result(Outcome.SENT, provider_message_id="msg-1", provider_status=200)
 RETRY = Result(
     Outcome.RETRY, provider_status=503, provider_response="busy", error_message="try later"
 )
-
-
-@pytest.fixture
-def worker_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "worker_poll_seconds": 0.02,
-            "worker_concurrency": 8,
-            "delivery_timeout_seconds": 0.3,
-            "worker_enabled": False,
-        }
-    )
-
-
-@pytest.fixture
-def box(worker_settings: Settings) -> SecretBox:
-    return SecretBox(worker_settings.secret_key, worker_settings.secret_key_file)
-
-
-@pytest.fixture
-def api(worker_settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    """The API with its own worker off: only the test's workers deliver."""
-    with TestClient(create_app(worker_settings), raise_server_exceptions=False) as client:
-        yield client
-
-
-@pytest.fixture
-def service_sid(api: TestClient, account: Account) -> str:
-    return make_service(api, account)["sid"]
 
 
 def notify(api: TestClient, account: Account, service_sid: str, **form) -> dict:
@@ -178,15 +147,20 @@ def run_worker(
 ) -> None:
     """Run a worker until every outbox row is final (or through `scenario`)."""
 
+    database = Database(engine)
+
     async def main() -> None:
-        worker = DeliveryWorker(engine, settings, box, channels=FakeChannels(channel))
+        worker = DeliveryWorker(database, settings, box, channels=FakeChannels(channel))
         async with running(worker):
             if scenario is None:
                 await until(lambda: all_final(engine))
             else:
                 await scenario(worker)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        database.close()
 
 
 class TestSend:
@@ -569,11 +543,12 @@ class TestTwoWorkers:
         def work(index: int) -> None:
             # Its own engine, its own thread and loop: the two really overlap.
             own_engine = make_engine(database_url)
+            own_database = Database(own_engine)
 
             async def main() -> None:
                 channel = channels[index]
                 worker = DeliveryWorker(
-                    own_engine, worker_settings, box, channels=FakeChannels(channel)
+                    own_database, worker_settings, box, channels=FakeChannels(channel)
                 )
                 start.wait(timeout=10)
                 async with running(worker):
@@ -586,6 +561,7 @@ class TestTwoWorkers:
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 errors.append(exc)
             finally:
+                own_database.close()
                 own_engine.dispose()
 
         threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]

@@ -19,11 +19,11 @@ from datetime import timedelta
 
 import httpx
 import orjson
-from sqlalchemy import Engine, Row
+from sqlalchemy import Connection, Row
 
 from notify_server.config import Settings
 from notify_server.crypto import SecretBox
-from notify_server.db import transaction
+from notify_server.db import Database
 from notify_server.delivery import repository
 from notify_server.notifications.repository import SENT
 from notify_server.outbound import DestinationRefused, OutboundPolicy
@@ -66,9 +66,9 @@ def delivery_state(row: Row) -> str:
 
 class CallbackReporter:
     def __init__(
-        self, engine: Engine, settings: Settings, box: SecretBox, policy: OutboundPolicy
+        self, database: Database, settings: Settings, box: SecretBox, policy: OutboundPolicy
     ) -> None:
-        self._engine = engine
+        self._database = database
         self._box = box
         self._policy = policy
         self._batch_size = settings.callback_batch_size
@@ -91,7 +91,7 @@ class CallbackReporter:
         while not self._stopping:
             self._wake_event.clear()
             try:
-                self._start_due()
+                await self._start_due()
             except Exception:
                 log.exception("looking for delivery callbacks to send failed; retrying")
             with contextlib.suppress(TimeoutError):
@@ -108,13 +108,14 @@ class CallbackReporter:
         if self._client is not None:
             await self._client.aclose()
 
-    def _start_due(self) -> None:
+    async def _start_due(self) -> None:
         free = self._total - len(self._in_flight)
         if free <= 0:
             return
         now = utcnow()
-        with self._engine.connect() as conn:
-            due = repository.notifications_to_report(conn, now, free * 4)
+        due = await self._database.read(
+            functools.partial(repository.notifications_to_report, now=now, limit=free * 4)
+        )
         busy: list[int] = []
         for notification_id, url in due:
             if notification_id in self._in_flight:
@@ -130,8 +131,14 @@ class CallbackReporter:
             self._in_flight[notification_id] = task
             task.add_done_callback(functools.partial(self._finished, notification_id, host))
         if busy:
-            with transaction(self._engine, write=True) as conn:
-                repository.postpone_callbacks(conn, busy, now, now + _HOST_BUSY_DELAY)
+            await self._database.transaction(
+                functools.partial(
+                    repository.postpone_callbacks,
+                    notification_ids=busy,
+                    now=now,
+                    until=now + _HOST_BUSY_DELAY,
+                )
+            )
 
     def _finished(self, notification_id: int, host: str, _task: "asyncio.Task[None]") -> None:
         self._in_flight.pop(notification_id, None)
@@ -148,12 +155,16 @@ class CallbackReporter:
 
     async def _send_batch(self, notification_id: int) -> None:
         now = utcnow()
-        with transaction(self._engine, write=True) as conn:
+
+        def lease_and_read(conn: Connection) -> tuple[Row, list[Row], bool] | None:
             if not repository.lease_callback(conn, notification_id, now, now + _LEASE):
-                return
-            notification, rows, is_final = repository.callback_batch(
-                conn, notification_id, self._batch_size
-            )
+                return None
+            return repository.callback_batch(conn, notification_id, self._batch_size)
+
+        leased = await self._database.transaction(lease_and_read)
+        if leased is None:
+            return
+        notification, rows, is_final = leased
         sequence = notification.callback_sequence
         params: dict[str, list[str]] = {
             "NotificationSid": [notification.sid],
@@ -173,20 +184,24 @@ class CallbackReporter:
             refusal = f"delivery callback not sent: {error}"
             log.warning("%s (notification %s)", refusal, notification.sid)
             delivered = False
-        with transaction(self._engine, write=True) as conn:
-            if delivered or refusal:
-                repository.finish_callback(
-                    conn,
-                    notification_id,
-                    [row.id for row in rows],
-                    next_sequence=sequence + 1 if delivered else sequence,
-                    release_at=None,
-                    error=refusal,
-                )
-            else:
-                repository.finish_callback(
-                    conn, notification_id, [], next_sequence=sequence, release_at=now + _RETRY_AFTER
-                )
+        if delivered or refusal:
+            finish = functools.partial(
+                repository.finish_callback,
+                notification_id=notification_id,
+                delivery_ids=[row.id for row in rows],
+                next_sequence=sequence + 1 if delivered else sequence,
+                release_at=None,
+                error=refusal,
+            )
+        else:
+            finish = functools.partial(
+                repository.finish_callback,
+                notification_id=notification_id,
+                delivery_ids=[],
+                next_sequence=sequence,
+                release_at=now + _RETRY_AFTER,
+            )
+        await self._database.transaction(finish)
         if (delivered or refusal) and not is_final:
             self.wake()
 

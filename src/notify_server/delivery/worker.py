@@ -1,5 +1,8 @@
 """The outbox worker: claims due deliveries, sends them through their channel, records the
-answer. Runs inside `notify-server serve` and alone as `notify-server worker`."""
+answers in batches. Runs inside `notify-server serve` and alone as `notify-server worker`.
+
+Every statement goes through `Database`, on its threads: a slow or locked database holds up
+claims and records, never the event loop (sends in flight, the API of the same process)."""
 
 import asyncio
 import contextlib
@@ -7,20 +10,24 @@ import functools
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Row
+from sqlalchemy import Connection, Row
+from sqlalchemy.exc import DataError, IntegrityError
 
 from notify_server.config import Settings
 from notify_server.crypto import SecretBox
-from notify_server.db import Database, transaction
+from notify_server.db import Database
 from notify_server.delivery import repository
 from notify_server.delivery.callbacks import CallbackReporter
 from notify_server.delivery.channel_set import ChannelSet
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
 from notify_server.delivery.expansion import Expander
 from notify_server.metrics import Metrics
+from notify_server.notifications.repository import FAILED, PENDING, SENT
 from notify_server.outbound import OutboundPolicy
 from notify_server.wire import utcnow_precise
 
@@ -28,6 +35,13 @@ log = logging.getLogger("notify_server.delivery")
 
 MAX_BACKOFF_SECONDS = 3600
 _CREDENTIAL_CACHE_SECONDS = 60.0
+# Answers are recorded when this many wait, or when the oldest has waited this long, or when
+# nothing else is in flight; this bounds what a kill -9 can make us send again
+# (docs/behaviour.md, "Delivery outcome batching and the crash window").
+OUTCOME_BATCH = 500
+OUTCOME_WINDOW_SECONDS = 0.05
+# A failed record is tried again after this long, doubling up to the cap.
+_RECORD_RETRY_SECONDS = (0.05, 2.0)
 
 
 def backoff(attempt: int) -> timedelta:
@@ -36,23 +50,206 @@ def backoff(attempt: int) -> timedelta:
     return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
 
 
+def outcome_of(row: Row, result: Result, now: datetime) -> dict[str, Any]:
+    """What recording `result` writes to the row (repository.OUTCOME_COLUMNS)."""
+    outcome: dict[str, Any] = {
+        "delivery_id": row.id,
+        "provider_message_id": result.provider_message_id,
+        "provider_status": result.provider_status,
+        "provider_response": result.provider_response,
+        "error_message": result.error_message,
+        "next_attempt_at": None,
+        "now": now,
+    }
+    if result.outcome is Outcome.SENT:
+        outcome.update(status=SENT, error_message=None)
+    elif result.outcome is Outcome.RETRY and now < _as_naive(row.expires_at):
+        outcome.update(status=PENDING, next_attempt_at=now + backoff(row.attempts))
+    else:
+        outcome["status"] = FAILED
+        if result.outcome is Outcome.RETRY:
+            outcome["error_message"] = (
+                f"TTL expired after {row.attempts} attempts; last: {result.error_message}"
+            )
+    return outcome
+
+
+class _Answer:
+    """One answer waiting to be recorded."""
+
+    __slots__ = ("outcome", "dead_binding_id", "owes_callback")
+
+    def __init__(self, row: Row, result: Result) -> None:
+        self.outcome = outcome_of(row, result, utcnow_precise())
+        dead = result.unregistered and self.outcome["status"] == FAILED
+        self.dead_binding_id: int | None = row.binding_id if dead else None
+        self.owes_callback = not row.reported
+
+    @property
+    def delivery_id(self) -> int:
+        return int(self.outcome["delivery_id"])
+
+
+class OutcomeRecorder:
+    """Collects the providers' answers and writes them in batches: one transaction (on
+    PostgreSQL one UPDATE) per OUTCOME_BATCH answers or OUTCOME_WINDOW_SECONDS, instead of one
+    commit per answer. Until an answer is written its row stays `sending` under a lease this
+    worker keeps renewing, so no other worker takes it meanwhile.
+
+    A failed write is tried again (after 50 ms, doubling to 2 s) with nothing lost or doubled.
+    A batch the database refuses for its content (one answer too long for a column, say) is
+    written one answer at a time, and an answer refused alone is dropped with an error logged:
+    its row is claimed again after its lease, as when a single record failed before."""
+
+    def __init__(
+        self,
+        database: Database,
+        on_recorded: Callable[[list["_Answer"]], None],
+        batch_size: int = OUTCOME_BATCH,
+        window_seconds: float = OUTCOME_WINDOW_SECONDS,
+    ) -> None:
+        self._database = database
+        self._on_recorded = on_recorded
+        self.batch_size = batch_size
+        self._window = window_seconds
+        self._waiting: list[_Answer] = []
+        self._writing: list[_Answer] = []
+        self._due = asyncio.Event()  # an answer waits
+        self._full = asyncio.Event()  # a batch is full, or the worker has nothing else
+        # One write of this worker's rows at a time: on PostgreSQL a lease renewal and a
+        # record locking the same rows in different orders would deadlock each other.
+        self._lock = asyncio.Lock()
+        self._refusals = _content_errors(database)
+        self.flushes = 0  # transactions that recorded answers (for tests and the bench)
+
+    def add(self, row: Row, result: Result) -> None:
+        self._waiting.append(_Answer(row, result))
+        self._due.set()
+        if len(self._waiting) >= self.batch_size:
+            self._full.set()
+
+    def flush_soon(self) -> None:
+        """Nothing else is coming for now: do not wait out the window."""
+        if self._waiting:
+            self._full.set()
+
+    @property
+    def unrecorded(self) -> int:
+        return len(self._waiting) + len(self._writing)
+
+    def unrecorded_ids(self) -> list[int]:
+        return [answer.delivery_id for answer in (*self._writing, *self._waiting)]
+
+    async def run(self) -> None:
+        delay = _RECORD_RETRY_SECONDS[0]
+        while True:
+            await self._due.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self._window)
+            if await self.flush():
+                delay = _RECORD_RETRY_SECONDS[0]
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECORD_RETRY_SECONDS[1])
+
+    async def flush(self) -> bool:
+        """Write every answer waiting; False if a write failed (its answers wait again)."""
+        async with self._lock:
+            while self._waiting:
+                batch = self._waiting[: self.batch_size]
+                del self._waiting[: len(batch)]
+                self._writing = batch
+                write = asyncio.ensure_future(self._write(batch))
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    # The worker stops while the write runs on its thread: let it end, so
+                    # that stop() neither loses these answers nor writes them again.
+                    await asyncio.wait([write])
+                    if write.exception() is not None:
+                        self._waiting[:0] = batch
+                    else:
+                        self._on_recorded(batch)
+                    raise
+                except Exception:
+                    self._waiting[:0] = batch
+                    log.exception("recording %d delivery answers failed; retrying", len(batch))
+                    return False
+                finally:
+                    self._writing = []
+                    self._settle_events()
+                self._on_recorded(batch)
+        return True
+
+    async def renew_leases(self, delivery_ids: list[int], lease_until: datetime) -> None:
+        async with self._lock:
+            await self._database.transaction(
+                functools.partial(
+                    repository.renew_leases, delivery_ids=delivery_ids, lease_until=lease_until
+                )
+            )
+
+    def _settle_events(self) -> None:
+        if not self._waiting:
+            self._due.clear()
+        if len(self._waiting) < self.batch_size:
+            self._full.clear()
+
+    async def _write(self, batch: list[_Answer]) -> None:
+        try:
+            await self._database.transaction(functools.partial(_record, batch=batch))
+            self.flushes += 1
+        except self._refusals:
+            if len(batch) == 1:
+                raise
+            # One answer the database refuses must not hold up the others: each on its own.
+            for answer in batch:
+                try:
+                    await self._database.transaction(functools.partial(_record, batch=[answer]))
+                except self._refusals:
+                    log.exception(
+                        "delivery %s: its answer cannot be recorded; it is claimed again after"
+                        " its lease",
+                        answer.delivery_id,
+                    )
+            self.flushes += 1
+
+
+def _record(conn: Connection, batch: list[_Answer]) -> None:
+    dead = [a.dead_binding_id for a in batch if a.dead_binding_id is not None]
+    repository.record_outcomes(conn, [a.outcome for a in batch], dead)
+
+
+def _content_errors(database: Database) -> tuple[type[Exception], ...]:
+    """What a database raises for a statement it refuses for its values: retrying the same
+    values cannot help. Prepared statements raise the driver's own errors, Core SQLAlchemy's."""
+    dbapi = database.engine.dialect.loaded_dbapi
+    return (DataError, IntegrityError, dbapi.DataError, dbapi.IntegrityError)
+
+
 class DeliveryWorker:
     def __init__(
         self,
-        engine: Engine,
+        database: Database,
         settings: Settings,
         box: SecretBox,
         channels: ChannelSet | None = None,
         metrics: Metrics | None = None,
         outbound: OutboundPolicy | None = None,
+        *,
+        outcome_batch: int = OUTCOME_BATCH,
+        outcome_window_seconds: float = OUTCOME_WINDOW_SECONDS,
     ) -> None:
-        self._engine = engine
+        self._database = database
         self._box = box
         self._settings = settings
         self._channels = channels or ChannelSet(settings)
         self._metrics = metrics
         self._callbacks = CallbackReporter(
-            engine, settings, box, outbound or OutboundPolicy(settings.outbound_allow)
+            database, settings, box, outbound or OutboundPolicy(settings.outbound_allow)
+        )
+        self.outcomes = OutcomeRecorder(
+            database, self._recorded, outcome_batch, outcome_window_seconds
         )
         self._wake_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -62,7 +259,7 @@ class DeliveryWorker:
         self._leases_renewed_at = 0.0
         self._credentials: dict[tuple[str, str], tuple[CredentialSecrets | None, float]] = {}
         self.expander = Expander(
-            Database(engine),
+            database,
             poll_seconds=settings.worker_poll_seconds,
             chunk_size=settings.fanout_chunk_size,
             on_chunk=self.wake,
@@ -77,22 +274,27 @@ class DeliveryWorker:
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
         # Callbacks go to tenants' endpoints: they run beside delivery, never in its way.
-        callbacks = asyncio.create_task(self._callbacks.run())
-        expansions = asyncio.create_task(self.expander.run())
+        helpers = [
+            asyncio.create_task(self._callbacks.run()),
+            asyncio.create_task(self.outcomes.run()),
+            asyncio.create_task(self.expander.run()),
+        ]
         try:
             await self._deliver_due()
         finally:
-            callbacks.cancel()
-            expansions.cancel()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def _deliver_due(self) -> None:
         concurrency = self._settings.worker_concurrency
         while not self._stopping:
             free = concurrency - len(self._in_flight)
-            # Claim in batches (at least half the slots free) rather than one row per answer.
-            busy = free * 2 < concurrency
+            # Claim in batches (at least half the slots free) rather than one row per answer,
+            # and not while a batch of answers waits to be recorded (the database is behind).
+            busy = free * 2 < concurrency or self.outcomes.unrecorded >= self.outcomes.batch_size
             try:
-                claimed = [] if busy else self._claim(free)
+                claimed = [] if busy else await self._claim(free)
             except Exception:
                 log.exception("claiming deliveries failed; retrying")
                 claimed = []
@@ -100,13 +302,15 @@ class DeliveryWorker:
                 task = asyncio.create_task(self._deliver(row))
                 self._in_flight[row.id] = task
                 task.add_done_callback(functools.partial(self._finished, row.id))
-            self._renew_leases()
-            if busy or len(self._in_flight) >= concurrency:
+            await self._renew_leases()
+            if self._in_flight and (busy or len(self._in_flight) >= concurrency):
                 await asyncio.wait(
                     self._in_flight.values(),
                     timeout=self._lease_seconds / 3,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
+            elif busy:  # only answers wait: for their record
+                await asyncio.sleep(OUTCOME_WINDOW_SECONDS)
             elif not claimed:
                 await self._idle()
             else:
@@ -114,6 +318,8 @@ class DeliveryWorker:
 
     def _finished(self, delivery_id: int, _task: "asyncio.Task[None]") -> None:
         self._in_flight.pop(delivery_id, None)
+        if not self._in_flight:  # the batch cannot grow for now: record it
+            self.outcomes.flush_soon()
 
     async def _idle(self) -> None:
         assert self._wake_event is not None
@@ -126,43 +332,57 @@ class DeliveryWorker:
     def _lease_seconds(self) -> float:
         return self._settings.delivery_lease_seconds
 
-    def _renew_leases(self) -> None:
-        """A send may outlast the lease; while this worker lives, its rows stay its own. The
-        lease only lets another worker take over the rows of one that died."""
-        if (
-            not self._in_flight
-            or time.monotonic() - self._leases_renewed_at < self._lease_seconds / 3
-        ):
+    async def _renew_leases(self) -> None:
+        """A send may outlast the lease, and so may an answer waiting to be recorded; while
+        this worker lives, its rows stay its own. The lease only lets another worker take over
+        the rows of one that died."""
+        if time.monotonic() - self._leases_renewed_at < self._lease_seconds / 3:
+            return
+        ids = [*self._in_flight, *self.outcomes.unrecorded_ids()]
+        if not ids:
             return
         self._leases_renewed_at = time.monotonic()
         lease_until = utcnow_precise() + timedelta(seconds=self._lease_seconds)
         try:
-            with transaction(self._engine, write=True) as conn:
-                repository.renew_leases(conn, list(self._in_flight), lease_until)
+            await self.outcomes.renew_leases(ids, lease_until)
         except Exception:
             log.exception("renewing delivery leases failed; retrying")
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop claiming; let what is in flight finish (what does not is claimed again later)."""
+        """Stop claiming; let what is in flight finish and record its answers (what does not
+        is claimed again after its lease)."""
         self._stopping = True
         self.wake()
+        deadline = time.monotonic() + timeout
         if self._in_flight:
             await asyncio.wait(self._in_flight.values(), timeout=timeout)
+        delay = _RECORD_RETRY_SECONDS[0]
+        while not await self.outcomes.flush():
+            if time.monotonic() + delay > deadline:
+                log.error(
+                    "%d delivery answers not recorded at stop; their rows are sent again after"
+                    " their lease",
+                    self.outcomes.unrecorded,
+                )
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECORD_RETRY_SECONDS[1])
         await self._channels.aclose()
-        await self._callbacks.stop(timeout)
+        await self._callbacks.stop(max(deadline - time.monotonic(), 0.1))
 
-    def _claim(self, limit: int) -> list[Row]:
+    async def _claim(self, limit: int) -> list[Row]:
         if limit <= 0:
             return []
         now = utcnow_precise()
         lease_until = now + timedelta(seconds=self._lease_seconds)
-        with transaction(self._engine, write=True) as conn:
-            return repository.claim(conn, now=now, lease_until=lease_until, limit=limit)
+        return await self._database.transaction(
+            functools.partial(repository.claim, now=now, lease_until=lease_until, limit=limit)
+        )
 
     async def _deliver(self, row: Row) -> None:
         try:
             try:
-                job = self._job(row)
+                job = await self._job(row)
             except Exception as exc:  # e.g. a credential sealed with another key
                 log.exception("delivery %s could not be prepared", row.id)
                 result = Result(Outcome.RETRY, error_message=f"could not prepare: {exc!r}")
@@ -171,9 +391,9 @@ class DeliveryWorker:
                     result = Result(Outcome.FAILED, error_message="TTL expired before delivery")
                 else:
                     result = await self._send(job)
-            self._record(row, result)
+            self.outcomes.add(row, result)
         except Exception:
-            # Recording failed: the row stays leased and is claimed again after the lease.
+            # Nothing recorded: the row stays leased and is claimed again after the lease.
             log.exception("delivery %s failed unexpectedly", row.id)
 
     async def _send(self, job: Job) -> Result:
@@ -193,7 +413,12 @@ class DeliveryWorker:
             self._metrics.count_delivery(channel.name, result.outcome.value)
         return result
 
-    def _job(self, row: Row) -> Job:
+    async def _job(self, row: Row) -> Job:
+        credential = (
+            await self._credential(row.account_sid, row.credential_sid)
+            if row.credential_sid
+            else None
+        )
         return Job(
             delivery_id=row.id,
             attempt=row.attempts,
@@ -207,19 +432,16 @@ class DeliveryWorker:
             service_sid=row.service_sid,
             messaging_service_sid=row.messaging_service_sid,
             content=orjson.loads(row.content),
-            credential=(
-                self._credential(row.account_sid, row.credential_sid)
-                if row.credential_sid
-                else None
-            ),
+            credential=credential,
         )
 
-    def _credential(self, account_sid: str, sid: str) -> CredentialSecrets | None:
+    async def _credential(self, account_sid: str, sid: str) -> CredentialSecrets | None:
         cached = self._credentials.get((account_sid, sid))
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        with self._engine.connect() as conn:
-            stored = repository.credential(conn, account_sid, sid)
+        stored = await self._database.read(
+            functools.partial(repository.credential, account_sid=account_sid, sid=sid)
+        )
         credential = None
         if stored is not None:
             secrets = self._box.open(stored.encrypted_secrets) if stored.encrypted_secrets else {}
@@ -230,41 +452,8 @@ class DeliveryWorker:
         )
         return credential
 
-    def _record(self, row: Row, result: Result) -> None:
-        now = utcnow_precise()
-        provider = {
-            "provider_status": result.provider_status,
-            "provider_response": result.provider_response,
-        }
-        with transaction(self._engine, write=True) as conn:
-            if result.outcome is Outcome.SENT:
-                repository.mark_sent(
-                    conn, row.id, now, provider_message_id=result.provider_message_id, **provider
-                )
-            elif result.outcome is Outcome.RETRY and now < _as_naive(row.expires_at):
-                repository.mark_retry(
-                    conn,
-                    row.id,
-                    now,
-                    now + backoff(row.attempts),
-                    error_message=result.error_message,
-                    **provider,
-                )
-            else:
-                message = result.error_message
-                if result.outcome is Outcome.RETRY:
-                    message = f"TTL expired after {row.attempts} attempts; last: {message}"
-                repository.mark_failed(
-                    conn,
-                    row.id,
-                    now,
-                    provider_message_id=result.provider_message_id,
-                    error_message=message,
-                    **provider,
-                )
-                if result.unregistered and row.binding_id is not None:
-                    repository.delete_binding(conn, row.binding_id)
-        if not row.reported:  # a callback is owed for this row: report it soon
+    def _recorded(self, batch: "list[_Answer]") -> None:
+        if any(answer.owes_callback for answer in batch):  # report them soon
             self._callbacks.wake()
 
 
