@@ -84,6 +84,11 @@ class TestCoverageTableIsCurrent:
             ("GET", "`/v1/Services/{service_sid}/Users/{identity}/Bindings/{sid}`"),
             ("DELETE", "`/v1/Services/{service_sid}/Users/{identity}/Bindings/{sid}`"),
             ("POST", "`/v1/Services/{service_sid}/Users/{identity}/SegmentMemberships`"),
+            # The served description and its browser (issue 11).
+            ("GET", "`/`"),
+            ("GET", "`/openapi`"),
+            ("GET", "`/docs`"),
+            ("GET", "`/docs/assets/{name}`"),
         }
 
     def test_the_reference_copy_keeps_twilios_header(self):

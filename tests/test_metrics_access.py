@@ -502,7 +502,7 @@ class TestWorkerMetricsPort:
                 timeout=30,
             )
         assert result.returncode == 1
-        assert result.stderr.startswith("notify-server: cannot listen for metrics:")
+        assert result.stderr.startswith(f"notify-server: port {port} on 127.0.0.1 is in use")
         assert "Traceback" not in result.stderr
 
     @pytest.mark.parametrize("port", ["0", "65536", "http"])

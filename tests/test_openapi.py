@@ -135,6 +135,9 @@ def concrete(path: str) -> str:
         if match is None:
             parts.append(segment)
             continue
+        if match.group(1) == "Identity":  # the Users view: an identity, not a SID
+            parts.append("alice")
+            continue
         prefix = prefixes[match.group(1)] or sid_prefix_after(parts[-1])
         parts.append(prefix + "0" * 32)
     return "/".join(parts)

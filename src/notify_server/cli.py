@@ -163,19 +163,20 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
     """A delivery worker on its own: scale delivery out apart from the API."""
-    _wait_for_database(args, settings)
-    if not args.no_migrate:
-        migrate.upgrade(settings.database_url)
-    box = checked_secret_box(settings)
-    engine = make_engine(settings.database_url)
     if args.metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": args.metrics_port})
-    if settings.metrics_enabled and settings.metrics_port is not None:
+    # Before anything touches the database: a port in use is a set-up mistake to report alone.
+    if settings.metrics_port is not None:
         check_can_listen(
             settings.metrics_host or settings.host,
             settings.metrics_port,
             "--metrics-port or NOTIFY_METRICS_PORT",
         )
+    _wait_for_database(args, settings)
+    if not args.no_migrate:
+        migrate.upgrade(settings.database_url)
+    box = checked_secret_box(settings)
+    engine = make_engine(settings.database_url)
     metrics = Metrics(engine, settings) if settings.metrics_enabled else None
     delivery_worker = DeliveryWorker(Database(engine), settings, box, metrics=metrics)
     exporter = _worker_health_listener(metrics, settings)

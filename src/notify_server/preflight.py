@@ -49,7 +49,7 @@ def check_writable(settings: Settings) -> None:
         # An existing key file is only read; crypto.py says so if it cannot be.
         if not key_file.exists():
             folder = next(p for p in key_file.parents if p.exists())
-            _check_folder(folder, f"the secret key file {key_file.name}")
+            _check_folder(folder, f"the secret key file {key_file}")
 
 
 def _check_folder(folder: Path, holds: str) -> None:

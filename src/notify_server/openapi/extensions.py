@@ -221,9 +221,92 @@ def paths(twilio: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+USERS_TAG = "NotifyServerUsers"
+
+
+def _identity() -> dict[str, Any]:
+    return {
+        "name": "Identity",
+        "in": "path",
+        "description": "The identity whose bindings the User is.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+        "required": True,
+    }
+
+
+def _users_operation(operation_id: str, parameters: list[dict[str, Any]], what: str) -> dict:
+    answers: dict[str, Any] = {
+        "204" if operation_id.startswith("Delete") else "200": {"description": "OK"},
+        "401": {"description": "Unauthorized"},
+        "404": {"description": "Not found"},
+    }
+    if operation_id.startswith("Create"):
+        answers = {"201": {"description": "Created"}, **answers}
+        answers.pop("200", None)
+    return marked(
+        {
+            "operationId": operation_id,
+            "tags": [USERS_TAG],
+            "security": [{"accountSid_authToken": []}],
+            "parameters": parameters,
+            "responses": answers,
+        },
+        what,
+    )
+
+
+def users_paths(twilio: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Twilio's removed Users, User Bindings and Segments resources, served as a view of a
+    service's bindings (docs/behaviour.md, issue 10)."""
+    service = _path_sid("ServiceSid", "IS", "Service")
+    paging = _paging_parameters(twilio)
+    user = [service, _identity()]
+    binding = [*user, _path_sid("Sid", "BS", "Binding")]
+    removed = "a resource Twilio removed in 2018, served as a view of the identity's bindings."
+    return {
+        "/v1/Services/{ServiceSid}/Users": marked(
+            {
+                "get": _users_operation("ListUser", [service, *paging], "the identities."),
+                "post": _users_operation("CreateUser", [service], "accepted, stores nothing."),
+            },
+            removed,
+        ),
+        "/v1/Services/{ServiceSid}/Users/{Identity}": marked(
+            {
+                "get": _users_operation("FetchUser", user, "one identity."),
+                "delete": _users_operation("DeleteUser", user, "deletes its bindings."),
+            },
+            removed,
+        ),
+        "/v1/Services/{ServiceSid}/Users/{Identity}/Bindings": marked(
+            {
+                "get": _users_operation("ListUserBinding", [*user, *paging], "its bindings."),
+                "post": _users_operation("CreateUserBinding", user, "a binding of it."),
+            },
+            removed,
+        ),
+        "/v1/Services/{ServiceSid}/Users/{Identity}/Bindings/{Sid}": marked(
+            {
+                "get": _users_operation("FetchUserBinding", binding, "one of its bindings."),
+                "delete": _users_operation("DeleteUserBinding", binding, "one of its bindings."),
+            },
+            removed,
+        ),
+        "/v1/Services/{ServiceSid}/Users/{Identity}/SegmentMemberships": marked(
+            {"post": _users_operation("CreateSegmentMembership", user, "refused: 405.")},
+            removed,
+        ),
+        "/v1/Services/{ServiceSid}/Segments": marked(
+            {"get": _users_operation("ListSegment", [service, *paging], "always empty.")},
+            removed,
+        ),
+    }
+
+
 def apply(description: dict[str, Any]) -> None:
     """Merge the extensions into Twilio's description, in place."""
     description["paths"].update(paths(description))
+    description["paths"].update(users_paths(description))
     components = description["components"]
     components["schemas"]["notify_server.delivery"] = DELIVERY_SCHEMA
     components["securitySchemes"]["metricsToken"] = marked(
@@ -237,5 +320,6 @@ def apply(description: dict[str, Any]) -> None:
         [
             marked({"name": DELIVERY_TAG}, "deliveries of a Notification."),
             marked({"name": OPERATIONS_TAG}, "probes and metrics for operators."),
+            marked({"name": USERS_TAG}, "Twilio's removed Users and Segments, as a view."),
         ]
     )
