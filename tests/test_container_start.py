@@ -106,7 +106,7 @@ class TestDataFolder:
             NOTIFY_SECRET_KEY_FILE=f"{keys}/secret.key",
         )
         assert result.returncode == 1
-        assert one_line(result) == advice(keys, "the secret key file secret.key")
+        assert one_line(result) == advice(keys, f"the secret key file {keys}/secret.key")
 
     def test_a_missing_folder(self, place):
         missing = place / "not-mounted"
