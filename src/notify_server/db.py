@@ -507,15 +507,9 @@ def driver_connection(connection: Connection) -> Any:
 
 
 @contextmanager
-def reading(engine: Engine) -> Iterator[Connection]:
-    """A connection for reads that need no transaction (one statement sees one snapshot)."""
-    with engine.connect() as connection:
-        yield connection
-
-
-@contextmanager
 def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
-    """The request's single commit point: commits on success, rolls back on any error."""
+    """One write (or read) transaction outside the server's Database (the CLI, the
+    importer, tests): commits on success, rolls back on any error."""
     with engine.connect() as connection:
         if write:
             connection = connection.execution_options(write=True)
