@@ -18,9 +18,14 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/notify-server serve
 
-# SQLite always; PostgreSQL as well when NOTIFY_TEST_DATABASE_URL names one.
-test: $(BIN)/.installed lint node-deps test-sqlite
-	@if [ -n "$$NOTIFY_TEST_DATABASE_URL" ]; then $(MAKE) --no-print-directory test-postgres; fi
+# SQLite always; PostgreSQL as well when NOTIFY_TEST_DATABASE_URL names one, side by side
+# (the suites share nothing: own databases, free ports; most of their time is waiting).
+test: $(BIN)/.installed lint node-deps
+	@if [ -n "$$NOTIFY_TEST_DATABASE_URL" ]; then \
+		$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgres; \
+	else \
+		$(MAKE) --no-print-directory test-sqlite; \
+	fi
 
 test-sqlite: $(BIN)/.installed
 	env -u NOTIFY_TEST_DATABASE_URL $(BIN)/pytest

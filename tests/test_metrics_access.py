@@ -173,21 +173,31 @@ class TestLabels:
             wait_for(lambda: gauges(client).get("notify_bindings") == expected, "per-service gauge")
 
 
-def count_statements(engine: Engine) -> list[str]:
-    """Names of the threads that run SQL on `engine`, one entry per statement."""
+@contextmanager
+def statements_counted() -> Iterator[list[str]]:
+    """Names of the threads that run SQL on any engine made meanwhile, one per statement.
+
+    Listened for on the Engine class before the app exists: a listener added to a live
+    engine races the threads already dispatching its events.
+    """
     threads: list[str] = []
 
-    @event.listens_for(engine, "before_cursor_execute")
     def record(*args) -> None:
         threads.append(threading.current_thread().name)
 
-    return threads
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield threads
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
 
 
 class TestCachedGauges:
     def test_a_scrape_runs_no_sql(self, settings, engine):
-        with app_client(settings, metrics_token=TOKEN, metrics_refresh_seconds=3600) as client:
-            threads = count_statements(client.app.state.engine)  # type: ignore[attr-defined]
+        with (
+            statements_counted() as threads,
+            app_client(settings, metrics_token=TOKEN, metrics_refresh_seconds=3600) as client,
+        ):
             wait_for(lambda: "notify_outbox_depth" in gauges(client), "the first refresh")
             threads.clear()
             for _ in range(5):
