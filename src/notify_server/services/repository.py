@@ -7,6 +7,7 @@ from typing import cast
 from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, select, update
 
 from notify_server.db import Prepared
+from notify_server.notifications.models import Expansion
 from notify_server.paging import keyset
 from notify_server.services.models import Service
 
@@ -15,6 +16,14 @@ services = cast(Table, Service.__table__)
 _OWNED = (services.c.account_sid == bindparam("account_sid")) & (services.c.sid == bindparam("sid"))
 _BY_SID = select(services).where(_OWNED)
 _DELETE = delete(services).where(_OWNED)
+_expansions = cast(Table, Expansion.__table__)
+# A worker expanding a notification holds its expansion row, then locks the service (its
+# outbox rows' foreign key). Deleting takes them in that order too, or the two deadlock.
+_LOCK_EXPANSIONS = (
+    select(_expansions.c.id)
+    .where(_expansions.c.service_id == select(services.c.id).where(_OWNED).scalar_subquery())
+    .with_for_update()
+)
 CREDENTIAL_COLUMNS = ("apn_credential_sid", "gcm_credential_sid", "fcm_credential_sid")
 # Binding types whose protocol version defaults to the service's default_<type>_... column.
 DEFAULT_VERSION_TYPES = ("apn", "gcm", "fcm", "alexa")
@@ -55,6 +64,7 @@ def update_service(conn: Connection, service_id: int, values: dict) -> None:
 
 def delete_service(conn: Connection, account_sid: str, sid: str) -> bool:
     # Its bindings go with it (ON DELETE CASCADE).
+    conn.execute(_LOCK_EXPANSIONS, {"account_sid": account_sid, "sid": sid})
     return conn.execute(_DELETE, {"account_sid": account_sid, "sid": sid}).rowcount > 0
 
 
