@@ -378,7 +378,8 @@ def test_kill_during_expansion_leaves_every_target_exactly_once(
         assert set(counts.values()) == {1}
         # Nothing of a chunk in flight survived: whole chunks only.
         assert at_kills[-1] % KILL_CHUNK == 0, at_kills
-        assert waiting_expansions(engine) == 1
+        # A loaded machine may let the last chunks land before the kill: then nothing is left.
+        assert waiting_expansions(engine) == (1 if at_kills[-1] < BINDINGS else 0), at_kills
         server = start_server(database_url, env=env)
     try:
         wait_for(lambda: waiting_expansions(engine) == 0, 60, "expansion did not finish")
@@ -388,7 +389,8 @@ def test_kill_during_expansion_leaves_every_target_exactly_once(
     counts = outbox_rows(engine)
     assert len(counts) == BINDINGS
     assert set(counts.values()) == {1}
-    assert at_kills == sorted(at_kills) and at_kills[-1] < BINDINGS, at_kills
+    # The first kill, at a tenth, always cut the expansion short.
+    assert at_kills == sorted(at_kills) and at_kills[0] < BINDINGS, at_kills
     print(f"\nexpansion killed at {at_kills} of {BINDINGS} rows written")
 
 
