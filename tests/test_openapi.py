@@ -12,8 +12,8 @@ from starlette.routing import Route
 
 from notify_server.app import create_app
 from notify_server.config import Settings
-from notify_server.credentials.schemas import CredentialForm, CredentialUpdateForm
 from notify_server.console.router import routes as console_routes
+from notify_server.credentials.schemas import CredentialForm, CredentialUpdateForm
 from notify_server.docs_routes import routes as docs_routes
 from notify_server.notifications.schemas import DeliveryResource
 from notify_server.openapi import twilio_description

@@ -4,7 +4,6 @@ console response carries, and the wrapper that turns a handler's failures into p
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
-
 from urllib.parse import urlencode
 
 import orjson
