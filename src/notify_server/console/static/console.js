@@ -54,5 +54,10 @@
   source.addEventListener("gone", function () {
     source.close();
   });
-  document.documentElement.setAttribute("data-live", "on");
+  source.addEventListener("open", function () {
+    document.documentElement.setAttribute("data-live", "open");
+  });
+  source.addEventListener("error", function () {
+    document.documentElement.setAttribute("data-live", "reconnecting");
+  });
 })();
