@@ -369,6 +369,105 @@ class TestBindings:
         assert ESCAPED in html
 
 
+def post_notification(client: TestClient, account: Account, service_sid: str, **form) -> dict:
+    response = client.post(
+        f"/v1/Services/{service_sid}/Notifications", data=form, auth=account.auth
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+class TestNotifications:
+    def test_newest_first_with_stored_values_escaped(self, browser, account, service):
+        make_binding(browser, account, service["sid"], Identity=XSS)
+        first = post_notification(browser, account, service["sid"], Identity=XSS, Body="one")
+        second = post_notification(
+            browser,
+            account,
+            service["sid"],
+            Identity=XSS,
+            Title=XSS,
+            Body="two",
+            Data='{"html": "</pre><script>alert(2)</script>"}',
+        )
+        listing = browser.get(f"/console/services/{service['sid']}/notifications").text
+        assert listing.index(second["sid"]) < listing.index(first["sid"])
+        page = browser.get(f"/console/services/{service['sid']}/notifications/{second['sid']}")
+        assert page.status_code == 200
+        for html in (listing, page.text):
+            assert "<script>alert" not in html
+            assert ESCAPED in html
+        assert "&lt;/pre&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in page.text
+
+    def test_another_accounts_notification_is_not_found(self, client, account, other_account):
+        theirs = make_service(client, other_account)
+        make_binding(client, other_account, theirs["sid"], Identity="their-user")
+        notification = post_notification(
+            client, other_account, theirs["sid"], Identity="their-user", Body="secret"
+        )
+        mine = make_service(client, account)
+        signed_in(client, account)
+        for path in (
+            f"/console/services/{theirs['sid']}/notifications",
+            f"/console/services/{theirs['sid']}/notifications/{notification['sid']}",
+            # Their notification under my service: still nobody's.
+            f"/console/services/{mine['sid']}/notifications/{notification['sid']}",
+            f"/console/services/{mine['sid']}/events?notification={notification['sid']}",
+        ):
+            response = client.get(path)
+            assert response.status_code == 404, path
+            assert "secret" not in response.text
+
+    def test_the_send_form_uses_the_apis_rules_and_shows_their_errors(
+        self, browser, account, service
+    ):
+        make_binding(browser, account, service["sid"], Identity="alice")
+        token = csrf_token(browser)
+        path = f"/console/services/{service['sid']}/notifications"
+        refused = browser.post(
+            path,
+            data={
+                "csrf_token": token,
+                "target_kind": "Identity",
+                "target": "alice",
+                "title": "Hi",
+                "data": "[1, 2]",
+            },
+        )
+        assert refused.status_code == 400
+        assert "Parameter &#39;Data&#39; is invalid" in refused.text
+        assert 'value="Hi"' in refused.text  # what was typed is kept
+        sent = browser.post(
+            path,
+            data={
+                "csrf_token": token,
+                "target_kind": "Tag",
+                "target": "all",
+                "body": "to everyone",
+                "data": '{"a": 1}',
+            },
+            follow_redirects=False,
+        )
+        assert sent.status_code == 303
+        sid = sent.headers["location"].rsplit("/", 1)[1]
+        api = browser.get(f"/v1/Services/{service['sid']}/Notifications/{sid}", auth=account.auth)
+        assert api.status_code == 200
+        assert (api.json()["tags"], api.json()["body"], api.json()["data"]) == (
+            ["all"],
+            "to everyone",
+            {"a": 1},
+        )
+
+    def test_the_send_form_needs_the_csrf_token(self, browser, account, service):
+        response = browser.post(
+            f"/console/services/{service['sid']}/notifications",
+            data={"target_kind": "Tag", "target": "all", "body": "x"},
+        )
+        assert response.status_code == 403
+        listed = browser.get(f"/v1/Services/{service['sid']}/Notifications", auth=account.auth)
+        assert listed.json()["notifications"] == []
+
+
 class TestDisabled:
     def test_off_by_setting_is_a_twilio_404(self, settings, engine, account):
         with TestClient(

@@ -38,7 +38,7 @@ from notify_server.notifications.schemas import DeliveryResource, NotificationFo
 from notify_server.ratelimit import TooManyRequests
 from notify_server.services import operations as services
 from notify_server.services.schemas import ServiceListQuery
-from notify_server.wire import FormData
+from notify_server.wire import FormData, is_sid
 
 PAGE_SIZE = "50"
 STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
@@ -307,8 +307,15 @@ async def events(request: Request) -> Response:
         session = await current_session(request)
     except SignInNeeded:
         return Response(status_code=401, headers=SECURITY_HEADERS)
-    service_sid = request.path_params["service_sid"]
+    try:
+        service_sid = web.path_sid(request, "service_sid", "IS")
+    except NotFound:
+        return Response(status_code=404, headers=SECURITY_HEADERS)
     notification_sid = web.query(request).first("notification")
+    if notification_sid is not None:
+        if not is_sid(notification_sid, "NT"):
+            return Response(status_code=404, headers=SECURITY_HEADERS)
+        notification_sid = "NT" + notification_sid[2:].lower()
     account_sid = session.account_sid
 
     def stamp(conn: Connection) -> str:
