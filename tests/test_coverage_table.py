@@ -73,6 +73,9 @@ class TestCoverageTableIsCurrent:
             ("GET", "`/readyz`"),
             ("GET", "`/metrics`"),
             ("GET", "`/v1/Services/{service_sid}/Notifications/{sid}/Deliveries`"),
+            # The notification list and one notification (issue 11).
+            ("GET", "`/v1/Services/{service_sid}/Notifications`"),
+            ("GET", "`/v1/Services/{service_sid}/Notifications/{sid}`"),
             # Twilio's removed Users family (issue 10), not in its current description.
             ("GET", "`/v1/Services/{service_sid}/Segments`"),
             ("GET", "`/v1/Services/{service_sid}/Users`"),

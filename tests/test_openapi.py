@@ -256,3 +256,47 @@ def test_no_authentication_needed(client: TestClient) -> None:
     # `.json` is optional on every path, this one too.
     assert client.get("/openapi").json() == response.json()
     assert client.post("/openapi.json").json()["code"] == 20004
+
+
+def test_notification_list_and_fetch_are_described_as_answered(
+    client: TestClient, account: Account, description: dict
+) -> None:
+    # GET on Twilio's own Notifications path is ours (Twilio answers 405): marked, and the
+    # path's POST is still Twilio's, untouched (test_twilio_operations_are_twilios_own).
+    listing = description["paths"]["/v1/Services/{ServiceSid}/Notifications"]["get"]
+    assert listing[EXTENSION] is True
+    assert listing["description"].startswith("notify-server extension: ")
+    assert {p["name"] for p in listing["parameters"]} == {
+        "ServiceSid", "StartDate", "EndDate", "PageSize", "Page", "PageToken",
+    }  # fmt: skip
+    schemas = description["components"]["schemas"]
+    service = make_service(client, account)
+    created = client.post(
+        f"/v1/Services/{service['sid']}/Notifications",
+        data={"Identity": "nobody", "Body": "hi"},
+        auth=account.auth,
+    ).json()
+    page = client.get(f"/v1/Services/{service['sid']}/Notifications", auth=account.auth).json()
+    answer = listing["responses"]["200"]["content"]["application/json"]["schema"]
+    assert page.keys() == answer["properties"].keys()
+    [item] = page["notifications"]
+    assert item.keys() == schemas["notify.v1.service.notification"]["properties"].keys()
+    fetched = client.get(
+        f"/v1/Services/{service['sid']}/Notifications/{created['sid']}", auth=account.auth
+    ).json()
+    detail = schemas["notify_server.notification_detail"]["allOf"]
+    assert fetched.keys() == item.keys() | detail[1]["properties"].keys()
+    assert fetched["delivery_summary"].keys() == (
+        detail[1]["properties"]["delivery_summary"]["properties"].keys()
+    )
+
+
+def test_deliveries_filters_and_provider_request_are_described(description: dict) -> None:
+    operation = description["paths"]["/v1/Services/{ServiceSid}/Notifications/{Sid}/Deliveries"]
+    names = {p["name"] for p in operation["get"]["parameters"]}
+    assert {"Status", "BindingType"} <= names
+    schema = description["components"]["schemas"]["notify_server.provider_request"]
+    assert schema[EXTENSION] is True
+    assert set(schema["properties"]) == {
+        "provider", "channel", "method", "url", "headers", "body", "notes",
+    }  # fmt: skip

@@ -33,8 +33,12 @@ def fetch_page(
     page_token: str | None,
     page_size: int,
     fetch: Callable[[int | None, int | None, int], Sequence[Row]],
+    *,
+    descending: bool = False,
 ) -> Page[Row]:
-    """`fetch(after_id, before_id, limit)` returns rows in id order (descending when going back).
+    """`fetch(after_id, before_id, limit)` returns rows in the listing's order (the reverse
+    when going back): ids ascending, or descending (newest first) with `descending`, where
+    "after" is further along the listing, i.e. a smaller id (see `keyset`).
 
     One row more than the page is asked for, to know whether another page follows; the
     cost of a page is the same at page 1 and page 10,000.
@@ -55,7 +59,9 @@ def fetch_page(
     previous_token: str | None
     if before_id is not None:
         rows.reverse()
-        next_token = f"PT{rows[-1].id}" if rows else f"PT{before_id - 1}"
+        # Nothing before it: the next page starts at the token's own row.
+        step = 1 if descending else -1
+        next_token = f"PT{rows[-1].id}" if rows else f"PT{before_id + step}"
         previous_token = f"PB{rows[0].id}" if more else None
     else:
         next_token = f"PT{rows[-1].id}" if more else None
@@ -64,12 +70,18 @@ def fetch_page(
 
 
 def keyset(
-    id_column: ColumnElement[int], after_id: int | None, before_id: int | None
+    id_column: ColumnElement[int],
+    after_id: int | None,
+    before_id: int | None,
+    *,
+    descending: bool = False,
 ) -> tuple[list[ColumnElement[bool]], ColumnElement[int]]:
-    """The WHERE conditions and ORDER BY of one keyset page over `id_column`."""
+    """The WHERE conditions and ORDER BY of one keyset page over `id_column`, in ascending
+    id order or (`descending`) newest first."""
     conditions = []
     if after_id is not None:
-        conditions.append(id_column > after_id)
+        conditions.append(id_column < after_id if descending else id_column > after_id)
     if before_id is not None:
-        conditions.append(id_column < before_id)
-    return conditions, (id_column.desc() if before_id is not None else id_column)
+        conditions.append(id_column > before_id if descending else id_column < before_id)
+    backwards = before_id is not None
+    return conditions, (id_column.desc() if backwards != descending else id_column)

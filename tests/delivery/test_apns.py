@@ -28,15 +28,15 @@ from sqlalchemy import Engine, select
 from notify_server.app import create_app
 from notify_server.config import Settings
 from notify_server.delivery import apns
-from notify_server.delivery.apns import (
+from notify_server.delivery.apns import ApnsChannel, client_ssl_context
+from notify_server.delivery.channels import CredentialSecrets, Job, Outcome
+from notify_server.delivery.rendering import (
     APNS_ID_NAMESPACE,
-    ApnsChannel,
+    apns_id,
     build_headers,
     build_payload,
-    client_ssl_context,
     normalise_pem,
 )
-from notify_server.delivery.channels import CredentialSecrets, Job, Outcome
 from notify_server.notifications.models import Delivery
 from tests.delivery.fake_apns import (
     Answer,
@@ -831,7 +831,7 @@ class TestBuildHeaders:
         for delivery_id in (*range(0, 2000, 7), 2**40, 2**63 - 1):
             job = Job(**{**make_job().__dict__, "delivery_id": delivery_id})
             expected = uuid.uuid5(APNS_ID_NAMESPACE, f"{job.notification_sid}/{delivery_id}")
-            assert apns.apns_id(job) == str(expected)
+            assert apns_id(job) == str(expected)
 
 
 class TestNormalisePem:

@@ -173,7 +173,8 @@ def delivered(client: TestClient, account: Account, service_sid: str, **form: An
 
 
 def undated(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in DATES}
+    """The row without its dates, nor its provider_request (test_provider_request.py's)."""
+    return {k: v for k, v in row.items() if k not in (*DATES, "provider_request")}
 
 
 def binding_exists(client: TestClient, account: Account, service_sid: str, sid: str) -> bool:

@@ -4,26 +4,35 @@ the Apn override deep-merged last)."""
 
 import hashlib
 import logging
-import re
 import ssl
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 import httpx
 import jwt
 import orjson
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from notify_server.config import Settings
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
 from notify_server.delivery.h2client import H2Client, H2Error, Response
+
+# The wire format: rendering.py, shared with the Deliveries listing (bench/h2_senders.py still
+# imports build_payload and build_headers from here, in older trees too).
+from notify_server.delivery.rendering import (
+    apns_base,
+    apns_headers,
+    apns_token_auth,
+    apns_topic,
+    apns_url,
+    build_headers,
+    build_payload,
+    certificate_topic,
+    normalise_pem,
+)
 
 log = logging.getLogger("notify_server.delivery")
 
@@ -35,94 +44,6 @@ RESPONSE_LIMIT = 1000
 RENDERED_NOTIFICATIONS = 64
 # The device token is dead (410 Unregistered) or not this app's: the binding is deleted.
 UNREGISTERED_REASONS = frozenset(("BadDeviceToken", "DeviceTokenNotForTopic"))
-# apns-id is derived from the outbox row, so every attempt at one delivery carries the same id.
-APNS_ID_NAMESPACE = uuid.UUID("4f0c6d0e-8a47-5c31-9a52-2b1e0a6f7d13")
-_APNS_ID_PREFIX = APNS_ID_NAMESPACE.bytes
-_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
-
-
-def apns_id(job: Job) -> str:
-    """uuid5(APNS_ID_NAMESPACE, "<notification sid>/<delivery id>"), without building a UUID
-    object (it is per push: this is a third of uuid.uuid5's CPU)."""
-    name = f"{job.notification_sid}/{job.delivery_id}".encode()
-    digest = bytearray(hashlib.sha1(_APNS_ID_PREFIX + name).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` wins; objects present on both sides are merged key by key."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict):
-            # Copied, never shared: the payload is adjusted after merging.
-            base_value = merged.get(key)
-            merged[key] = deep_merge(base_value if isinstance(base_value, dict) else {}, value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def build_payload(content: dict[str, Any]) -> dict[str, Any]:
-    """Twilio's APNS mapping: aps.alert.{title,body}, aps.sound, aps.category, then Data at the
-    top level, then the Apn override deep-merged last. Without an alert it is a background
-    push, which Apple wants marked with content-available."""
-    aps: dict[str, Any] = {}
-    alert = {k: content[k] for k in ("title", "body") if content.get(k)}
-    if alert:
-        aps["alert"] = alert
-    if content.get("sound"):
-        aps["sound"] = content["sound"]
-    if content.get("action"):
-        aps["category"] = content["action"]
-    payload = deep_merge({"aps": aps}, content.get("data") or {})
-    payload = deep_merge(payload, content.get("apn") or {})
-    merged_aps = payload.get("aps")
-    if isinstance(merged_aps, dict) and "alert" not in merged_aps:
-        merged_aps.setdefault("content-available", 1)
-    return payload
-
-
-def push_type(payload: dict[str, Any]) -> str:
-    aps = payload.get("aps")
-    return "alert" if isinstance(aps, dict) and "alert" in aps else "background"
-
-
-def build_headers(job: Job, payload: dict[str, Any]) -> dict[str, str]:
-    kind = push_type(payload)
-    # Apple: background pushes must go at priority 5 (10 is an error for them).
-    high = job.content.get("priority", "high") == "high" and kind == "alert"
-    ttl = int(job.content.get("ttl") or 0)
-    return {
-        "apns-id": apns_id(job),
-        "apns-push-type": kind,
-        "apns-priority": "10" if high else "5",
-        # 0: deliver now or never. Otherwise the notification's own expiry (created + Ttl),
-        # so a retry does not extend it.
-        "apns-expiration": str(_unix(job.expires_at)) if ttl > 0 else "0",
-    }
-
-
-def normalise_pem(text: str) -> str:
-    """Twilio's Certificate/PrivateKey fields took PEM text, often with its line breaks stripped
-    ("-----BEGIN CERTIFICATE-----MIIF...A==-----END CERTIFICATE-----"): rebuild proper PEM."""
-    text = text.replace("\\n", "\n")
-    blocks = []
-    for label, body in _PEM_BLOCK.findall(text):
-        encoded = "".join(body.split())
-        lines = "\n".join(encoded[i : i + 64] for i in range(0, len(encoded), 64))
-        blocks.append(f"-----BEGIN {label}-----\n{lines}\n-----END {label}-----\n")
-    if not blocks:
-        raise ValueError("no PEM block")
-    return "".join(blocks)
-
-
-def certificate_topic(certificate: x509.Certificate) -> str | None:
-    """An APNs certificate names its app in the subject's UID (0.9.2342.19200300.100.1.1)."""
-    values = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
-    return str(values[0].value) if values else None
 
 
 def client_ssl_context(certificate: str, private_key: str) -> ssl.SSLContext:
@@ -137,12 +58,6 @@ def client_ssl_context(certificate: str, private_key: str) -> ssl.SSLContext:
         key_path.write_text(private_key)
         context.load_cert_chain(cert_path, key_path)
     return context
-
-
-def _unix(value: datetime) -> int:
-    if value.tzinfo is None:  # stored naive, in UTC
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp())
 
 
 def _reason(response: Response) -> str | None:
@@ -182,8 +97,8 @@ class ApnsChannel:
         self._certificates: dict[str, _CertificateAuth] = {}
         # notification sid -> (payload, the headers but apns-id): they depend on nothing else.
         self._rendered: dict[str, tuple[bytes, dict[str, str]]] = {}
-        self._sandbox_base = settings.apns_sandbox_url.rstrip("/")
-        self._production_base = settings.apns_production_url.rstrip("/")
+        self._sandbox_base = apns_base(settings, sandbox=True)
+        self._production_base = apns_base(settings, sandbox=False)
 
     async def send(self, job: Job) -> Result:
         credential = job.credential
@@ -193,16 +108,14 @@ class ApnsChannel:
             return _failed(f"APNs: {target} has {kind}")
         base = self._sandbox_base if credential.sandbox else self._production_base
         body, notification_headers = self._render(job)
-        headers = {"apns-id": apns_id(job), **notification_headers}
 
-        authenticated = self._authenticate(credential, base, headers)
+        authenticated = self._authenticate(credential, base)
         if isinstance(authenticated, Result):
             return authenticated
-        client, token_cache_key = authenticated
-
-        url = f"{base}/3/device/{quote(job.address, safe='')}"
+        client, token_cache_key, token, topic = authenticated
+        headers = apns_headers(job, notification_headers, token, topic)
         try:
-            response = await client.request("POST", url, headers, body)
+            response = await client.request("POST", apns_url(base, job.address), headers, body)
         except H2Error as exc:
             return Result(
                 Outcome.RETRY, error_message=f"APNs unreachable: {type(exc).__name__}: {exc}"
@@ -223,14 +136,14 @@ class ApnsChannel:
         return rendered
 
     def _authenticate(
-        self, credential: CredentialSecrets, base: str, headers: dict[str, str]
-    ) -> tuple[H2Client, tuple[str, str, str] | None] | Result:
+        self, credential: CredentialSecrets, base: str
+    ) -> tuple[H2Client, tuple[str, str, str] | None, str | None, str | None] | Result:
         """Token auth (a JWT in `authorization`) or certificate auth (a TLS client certificate):
-        adds the auth and topic headers; returns the client to send with and the token's cache
-        key, or the failure."""
+        the client to send with, the token's cache key, the provider token (token auth) and
+        the apns-topic; or the failure."""
         secrets = credential.secrets
-        if _has_token_auth(secrets):
-            bundle_id = secrets.get("bundle_id")
+        if apns_token_auth(secrets):
+            bundle_id = apns_topic(secrets, None)
             if not bundle_id:
                 return _failed(
                     f"APNs credential {credential.sid} has no BundleId: token auth needs it as"
@@ -243,9 +156,7 @@ class ApnsChannel:
                 return _failed(
                     f"APNs credential {credential.sid}: TokenKey is not an ES256 (P-256) key"
                 )
-            headers["authorization"] = f"bearer {token}"
-            headers["apns-topic"] = bundle_id
-            return self._client(base, None), cache_key
+            return self._client(base, None), cache_key, token, bundle_id
         if secrets.get("certificate") and secrets.get("private_key"):
             try:
                 auth = self._certificate_auth(secrets["certificate"], secrets["private_key"])
@@ -266,10 +177,7 @@ class ApnsChannel:
                     f"APNs credential {credential.sid}: Certificate and PrivateKey could not be"
                     " loaded as a PEM certificate and its private key"
                 )
-            topic = secrets.get("bundle_id") or auth.topic
-            if topic:
-                headers["apns-topic"] = topic
-            return client, None
+            return client, None, None, apns_topic(secrets, auth.topic)
         return _failed(_missing_auth_message(credential))
 
     def _answer(self, response: Response, token_cache_key: tuple[str, str, str] | None) -> Result:
@@ -338,10 +246,6 @@ class ApnsChannel:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
-
-
-def _has_token_auth(secrets: dict[str, str]) -> bool:
-    return all(secrets.get(k) for k in ("token_key", "key_id", "team_id"))
 
 
 def _digest(text: str) -> str:

@@ -1,29 +1,24 @@
 """Which channel adapter serves a delivery. Adapters are built on first use."""
 
 from notify_server.config import Settings
-from notify_server.delivery.channels import Channel, Job
+from notify_server.delivery.channels import Channel, Job, channel_name
 from notify_server.delivery.log import LogChannel, RetiredChannel
-
-RETIRED_TYPES = frozenset(("facebook-messenger", "alexa"))
 
 
 class ChannelSet:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._log = LogChannel()
+        self._log = LogChannel(settings)
         self._retired = RetiredChannel()
         self._built: dict[str, Channel] = {}
 
     def channel_for(self, job: Job) -> Channel:
-        if job.binding_type in RETIRED_TYPES:
-            return self._retired
-        if job.binding_type == "sms":
-            configured = self._settings.sms_account_sid and self._settings.sms_auth_token
-            return self._adapter("sms") if configured else self._log
-        # Push without a credential goes to the log channel: local and CI use needs none.
-        if job.credential is None:
+        name = channel_name(job, self._settings)
+        if name == "log":
             return self._log
-        return self._adapter("apns" if job.binding_type == "apn" else "fcm")
+        if name == "retired":
+            return self._retired
+        return self._adapter(name)
 
     def _adapter(self, name: str) -> Channel:
         if name not in self._built:

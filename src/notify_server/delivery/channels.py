@@ -5,6 +5,11 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Protocol
 
+from notify_server.config import Settings
+
+# Twilio retired these channels: their deliveries fail, nothing is sent.
+RETIRED_TYPES = frozenset(("facebook-messenger", "alexa"))
+
 
 class Outcome(Enum):
     SENT = "sent"  # the provider accepted it
@@ -63,3 +68,15 @@ class Channel(Protocol):
     async def send(self, job: Job) -> Result: ...
 
     async def aclose(self) -> None: ...
+
+
+def channel_name(job: Job, settings: Settings) -> str:
+    """Which channel serves `job`: apns, fcm, sms, log (no provider configured: local and CI
+    use need none) or retired."""
+    if job.binding_type in RETIRED_TYPES:
+        return "retired"
+    if job.binding_type == "sms":
+        return "sms" if settings.sms_account_sid and settings.sms_auth_token else "log"
+    if job.credential is None:
+        return "log"
+    return "apns" if job.binding_type == "apn" else "fcm"

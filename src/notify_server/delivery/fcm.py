@@ -60,10 +60,16 @@ import httpx
 import jwt
 
 from notify_server.config import Settings
-from notify_server.credentials.schemas import GOOGLE_PROJECT_ID
 from notify_server.delivery.channels import Job, Outcome, Result
 from notify_server.delivery.h2client import H2Client, H2Error, Response
-from notify_server.wire import quote_segment
+from notify_server.delivery.rendering import (
+    Unsendable,
+    fcm_body,
+    fcm_headers,
+    fcm_message,
+    fcm_url,
+    service_account,
+)
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -75,22 +81,8 @@ MAX_RESPONSE_CHARS = 2000
 # What of the token endpoint's answer is shown in a delivery's error_message.
 MAX_DETAIL_CHARS = 200
 
-_TWILIO_DATA_KEYS = (
-    ("body", "twi_body"),
-    ("title", "twi_title"),
-    ("sound", "twi_sound"),
-    ("action", "twi_action"),
-)
-_NOTIFICATION_KEYS = frozenset(("title", "body", "image"))
-_NATIVE_KEYS = ("android", "apns", "webpush", "fcm_options")
-_LEGACY_RETIRED = (
-    "Google retired FCM legacy server keys (the credential's ApiKey/Secret) in 2024; "
-    "give credential {sid} a ServiceAccount (the Firebase service-account JSON key) to "
-    "send through FCM HTTP v1"
-)
 
-
-class FcmError(Exception):
+class FcmError(Unsendable):
     """A delivery that cannot succeed as configured; the message says why."""
 
 
@@ -102,7 +94,7 @@ class FcmChannel:
     name = "fcm"
 
     def __init__(self, settings: Settings) -> None:
-        self._base_url = settings.fcm_url.rstrip("/")
+        self._settings = settings
         self._token_url = settings.fcm_token_url
         # The sends go over one multiplexed HTTP/2 connection; the rare token exchanges stay
         # on httpx.
@@ -118,21 +110,19 @@ class FcmChannel:
 
     async def send(self, job: Job) -> Result:
         try:
-            account = _service_account(job)
-            request = render(job)
-        except FcmError as error:
+            account = service_account(job.credential)
+            body = fcm_body(fcm_message(job))
+        except Unsendable as error:
             return Result(Outcome.FAILED, error_message=str(error))
         try:
             token = await self._access_token(account)
-        except FcmError as error:
+        except Unsendable as error:
             return Result(Outcome.FAILED, error_message=str(error))
         except _TransientError as error:
             return Result(Outcome.RETRY, error_message=str(error))
-        url = f"{self._base_url}/v1/projects/{quote_segment(account['project_id'])}/messages:send"
-        headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-        body = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
+        url = fcm_url(self._settings, account["project_id"])
         try:
-            response = await self._sender.request("POST", url, headers, body)
+            response = await self._sender.request("POST", url, fcm_headers(token), body)
         except H2Error as error:
             return Result(Outcome.RETRY, error_message=f"FCM unreachable: {error!r}")
         if response.status == 401:
@@ -206,138 +196,6 @@ def _cache_key(account: dict[str, str]) -> tuple[str, str]:
     serve another account's credential that merely names the same client_email."""
     digest = hashlib.sha256(account["private_key"].encode()).hexdigest()
     return (account["client_email"], digest)
-
-
-def _service_account(job: Job) -> dict[str, str]:
-    credential = job.credential
-    if credential is None:  # the channel set sends these to the log channel
-        raise FcmError("No FCM credential for this binding")
-    secrets = credential.secrets
-    raw = secrets.get("service_account")
-    if not raw:
-        if secrets.get("secret") or secrets.get("api_key"):
-            raise FcmError(_LEGACY_RETIRED.format(sid=credential.sid))
-        raise FcmError(
-            f"Credential {credential.sid} has no ServiceAccount (the Firebase service-account"
-            " JSON key) to send through FCM HTTP v1"
-        )
-    try:
-        account = json.loads(raw)
-    except (ValueError, RecursionError):
-        account = None
-    if not isinstance(account, dict) or not all(
-        isinstance(account.get(k), str) and account.get(k)
-        for k in ("project_id", "client_email", "private_key")
-    ):
-        raise FcmError(
-            f"Credential {credential.sid}'s ServiceAccount is not a service-account JSON key"
-            " with project_id, client_email and private_key"
-        )
-    if not GOOGLE_PROJECT_ID.fullmatch(account["project_id"]):
-        raise FcmError(
-            f"Credential {credential.sid}'s ServiceAccount project_id is not a Google project id"
-        )
-    return account
-
-
-def render(job: Job) -> dict[str, Any]:
-    """The messages:send request body for one job."""
-    content = job.content
-    data: dict[str, str] = {}
-    for field, key in _TWILIO_DATA_KEYS:
-        if content.get(field) is not None:
-            data[key] = content[field]
-    data.update(_string_values(content.get("data") or {}))
-    message: dict[str, Any] = {
-        "token": job.address,
-        "data": data,
-        "android": {
-            "priority": "HIGH" if content.get("priority", "high") == "high" else "NORMAL",
-            "ttl": f"{int(content.get('ttl', 0))}s",
-        },
-    }
-    request: dict[str, Any] = {"message": message}
-    override = content.get("gcm" if job.binding_type == "gcm" else "fcm")
-    if override:
-        _apply_override(request, override)
-    return request
-
-
-def _apply_override(request: dict[str, Any], override: dict[str, Any]) -> None:
-    message = request["message"]
-    android = message["android"]
-    notification = override.get("notification")
-    if isinstance(notification, dict):
-        for key, value in notification.items():
-            if key in _NOTIFICATION_KEYS:
-                message.setdefault("notification", {})[key] = value
-            else:
-                android_key = "channel_id" if key == "android_channel_id" else key
-                if key.endswith("_loc_args") and isinstance(value, str):
-                    value = _json_list(value, key)
-                android.setdefault("notification", {})[android_key] = value
-    elif notification is not None:
-        raise FcmError("Override 'notification' must be a JSON object")
-    data = override.get("data")
-    if isinstance(data, dict):
-        message["data"].update(_string_values(data))
-    elif data is not None:
-        raise FcmError("Override 'data' must be a JSON object")
-    if "priority" in override:
-        priority = str(override["priority"])
-        android["priority"] = {"high": "HIGH", "normal": "NORMAL"}.get(
-            priority.lower(), priority.upper()
-        )
-    if "time_to_live" in override:
-        try:
-            android["ttl"] = f"{int(override['time_to_live'])}s"
-        except (TypeError, ValueError):
-            raise FcmError("Override 'time_to_live' must be a number of seconds") from None
-    for key in ("collapse_key", "restricted_package_name", "direct_boot_ok"):
-        if key in override:
-            android[key] = override[key]
-    for key, aps_key in (
-        ("content_available", "content-available"),
-        ("mutable_content", "mutable-content"),
-    ):
-        if override.get(key):
-            apns = message.setdefault("apns", {})
-            apns.setdefault("payload", {}).setdefault("aps", {})[aps_key] = 1
-    if override.get("dry_run"):
-        request["validate_only"] = True
-    for key in _NATIVE_KEYS:
-        value = override.get(key)
-        if isinstance(value, dict):
-            message[key] = _deep_merge(message.get(key, {}), value)
-        elif value is not None:
-            raise FcmError(f"Override '{key}' must be a JSON object")
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _string_values(values: dict[str, Any]) -> dict[str, str]:
-    return {
-        key: value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        for key, value in values.items()
-    }
-
-
-def _json_list(value: str, key: str) -> Any:
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        raise FcmError(f"Override 'notification.{key}' must be a JSON array") from None
-    if not isinstance(parsed, list):
-        raise FcmError(f"Override 'notification.{key}' must be a JSON array")
-    return parsed
 
 
 def answer(response: Response) -> Result:

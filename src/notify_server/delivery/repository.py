@@ -5,14 +5,12 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Row,
     Table,
     Update,
     and_,
     bindparam,
-    case,
     delete,
     func,
     literal_column,
@@ -34,6 +32,7 @@ from notify_server.notifications.repository import (
     SENT,
     deliveries,
     notifications,
+    service_credential_for,
 )
 from notify_server.services.models import Service
 
@@ -109,19 +108,6 @@ def claim(conn: Connection, *, now: datetime, lease_until: datetime, limit: int)
     return list(conn.execute(_JOBS, {"ids": ids}))
 
 
-def _service_credential_for(binding_type: ColumnElement[str]) -> ColumnElement[str | None]:
-    # GCM bindings are delivered through FCM: a service with only an FCM credential serves both.
-    return case(
-        (binding_type == "apn", services.c.apn_credential_sid),
-        (binding_type == "fcm", services.c.fcm_credential_sid),
-        (
-            binding_type == "gcm",
-            func.coalesce(services.c.gcm_credential_sid, services.c.fcm_credential_sid),
-        ),
-        else_=None,
-    )
-
-
 def renew_leases(conn: Connection, delivery_ids: Sequence[int], lease_until: datetime) -> None:
     conn.execute(
         update(deliveries)
@@ -142,7 +128,7 @@ _JOBS = (
         deliveries.c.expires_at,
         deliveries.c.reported,
         func.coalesce(
-            deliveries.c.credential_sid, _service_credential_for(deliveries.c.binding_type)
+            deliveries.c.credential_sid, service_credential_for(deliveries.c.binding_type)
         ).label("credential_sid"),
         notifications.c.sid.label("notification_sid"),
         notifications.c.account_sid,

@@ -25,21 +25,18 @@ import httpx
 
 from notify_server.config import Settings
 from notify_server.delivery.channels import Job, Outcome, Result
+from notify_server.delivery.rendering import SMS_HEADERS, Unsendable, sms_form, sms_url
 
 MAX_RESPONSE_CHARS = 2000
 # Twilio errors that say the address can never receive an SMS.
 UNREACHABLE_NUMBER_CODES = frozenset((21211, 21614))
-_FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 class SmsChannel:
     name = "sms"
 
     def __init__(self, settings: Settings) -> None:
-        self._url = (
-            f"{settings.sms_base_url.rstrip('/')}/2010-04-01/Accounts/"
-            f"{settings.sms_account_sid}/Messages.json"
-        )
+        self._url = sms_url(settings)
         self._from = settings.sms_from
         self._client = httpx.AsyncClient(
             auth=(settings.sms_account_sid or "", settings.sms_auth_token or ""),
@@ -51,48 +48,17 @@ class SmsChannel:
 
     async def send(self, job: Job) -> Result:
         try:
-            form = self.render(job)
-        except ValueError as error:
+            form = sms_form(job, self._from)
+        except Unsendable as error:
             return Result(Outcome.FAILED, error_message=str(error))
         try:
             # Encoded here: httpx takes only a dict as `data`, and the order is part of the wire.
             response = await self._client.post(
-                self._url, content=urlencode(form), headers=_FORM_HEADERS
+                self._url, content=urlencode(form), headers=SMS_HEADERS
             )
         except httpx.HTTPError as error:
             return Result(Outcome.RETRY, error_message=f"SMS API unreachable: {error!r}")
         return answer(response)
-
-    def render(self, job: Job) -> list[tuple[str, str]]:
-        """The Messages.json form, as (name, value) pairs in order."""
-        override = job.content.get("sms") or {}
-        form = [("To", job.address)]
-        if job.messaging_service_sid:
-            form.append(("MessagingServiceSid", job.messaging_service_sid))
-        elif self._from:
-            form.append(("From", self._from))
-        else:
-            raise ValueError(
-                "sms needs the Service's MessagingServiceSid or a sender in NOTIFY_SMS_FROM"
-            )
-        body = override.get("body") or job.content.get("body")
-        media_urls = override.get("media_urls") or []
-        if isinstance(media_urls, str):
-            media_urls = [media_urls]
-        if not isinstance(media_urls, list) or not all(
-            isinstance(url, str) and url for url in media_urls
-        ):
-            raise ValueError("Sms.media_urls must be a JSON array of URLs")
-        if not body and not media_urls:
-            raise ValueError("sms needs Body or Sms.media_urls")
-        if body:
-            form.append(("Body", str(body)))
-        form.extend(("MediaUrl", url) for url in media_urls)
-        for key, field in (("status_callback", "StatusCallback"), ("max_price", "MaxPrice")):
-            value = override.get(key)
-            if value is not None and value != "":
-                form.append((field, str(value)))
-        return form
 
 
 def answer(response: httpx.Response) -> Result:

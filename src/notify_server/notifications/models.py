@@ -8,6 +8,9 @@ from notify_server.db import Base, RowId
 
 class Notification(Base):
     __tablename__ = "notifications"
+    # A service's notifications newest first (our listing), and the rows ON DELETE CASCADE
+    # of a service finds.
+    __table_args__ = (Index("ix_notifications_service_id_id", "service_id", "id"),)
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(34), unique=True)
@@ -37,6 +40,15 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         Index("ix_deliveries_notification_id_id", "notification_id", "id"),
+        # The Deliveries listing's Status and BindingType filters, and a notification's
+        # delivery summary (counts per status, from the index alone).
+        Index("ix_deliveries_notification_id_status_id", "notification_id", "status", "id"),
+        Index(
+            "ix_deliveries_notification_id_binding_type_id",
+            "notification_id",
+            "binding_type",
+            "id",
+        ),
         # One row per binding and notification: the backstop of chunked expansion. Binding
         # first, so it also serves the lookups of ON DELETE SET NULL.
         Index(

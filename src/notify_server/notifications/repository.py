@@ -10,12 +10,14 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    ColumnElement,
     Connection,
     DateTime,
     Integer,
     Row,
     Table,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -26,6 +28,7 @@ from sqlalchemy import (
 
 from notify_server.accounts.models import Account
 from notify_server.bindings import repository as bindings_repository
+from notify_server.credentials.models import Credential
 from notify_server.db import Prepared
 from notify_server.notifications.models import FRESH, Delivery, Expansion, Notification
 from notify_server.paging import keyset
@@ -38,6 +41,7 @@ binding_tags = bindings_repository.binding_tags
 expansions = cast(Table, Expansion.__table__)
 services = cast(Table, Service.__table__)
 accounts = cast(Table, Account.__table__)
+credentials = cast(Table, Credential.__table__)
 
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
 FINAL = (SENT, FAILED)
@@ -310,22 +314,129 @@ def notification_id(conn: Connection, account_sid: str, service_sid: str, sid: s
     return None if row is None else row.id
 
 
+_NOTIFICATION_COLUMNS = (
+    notifications.c.id,
+    notifications.c.sid,
+    notifications.c.account_sid,
+    services.c.sid.label("service_sid"),
+    notifications.c.date_created,
+    notifications.c.content,
+)
+# The account and the service in the same condition: another account's notification is as
+# unknown as a made-up one.
+_NOTIFICATION = (
+    select(*_NOTIFICATION_COLUMNS)
+    .join(services, services.c.id == notifications.c.service_id)
+    .where(
+        services.c.account_sid == bindparam("account_sid"),
+        services.c.id == bindparam("service_id"),
+        notifications.c.sid == bindparam("sid"),
+    )
+)
+
+
+def notification(conn: Connection, account_sid: str, service_id: int, sid: str) -> Row | None:
+    params = {"account_sid": account_sid, "service_id": service_id, "sid": sid}
+    return conn.execute(_NOTIFICATION, params).first()
+
+
+def notifications_page(
+    conn: Connection,
+    service_id: int,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    after_id: int | None,
+    before_id: int | None,
+    limit: int,
+) -> list[Row]:
+    """A service's notifications newest first (by id: the order they were created in),
+    created at or after `start` and before `end`."""
+    conditions = [notifications.c.service_id == service_id]
+    if start is not None:
+        conditions.append(notifications.c.date_created >= start)
+    if end is not None:
+        conditions.append(notifications.c.date_created < end)
+    bounds, order = keyset(notifications.c.id, after_id, before_id, descending=True)
+    statement = (
+        select(*_NOTIFICATION_COLUMNS)
+        .join(services, services.c.id == notifications.c.service_id)
+        .where(*conditions, *bounds)
+        .order_by(order)
+        .limit(limit)
+    )
+    return list(conn.execute(statement))
+
+
+def status_counts(conn: Connection, notification_id: int) -> dict[str, int]:
+    statement = (
+        select(deliveries.c.status, func.count())
+        .where(deliveries.c.notification_id == notification_id)
+        .group_by(deliveries.c.status)
+    )
+    return {status: count for status, count in conn.execute(statement)}
+
+
+def service_credential_for(binding_type: ColumnElement[str]) -> ColumnElement[str | None]:
+    """The service's credential for a binding type (a binding's own CredentialSid wins over
+    it). GCM bindings are delivered through FCM: a service with only an FCM credential serves
+    both."""
+    return case(
+        (binding_type == "apn", services.c.apn_credential_sid),
+        (binding_type == "fcm", services.c.fcm_credential_sid),
+        (
+            binding_type == "gcm",
+            func.coalesce(services.c.gcm_credential_sid, services.c.fcm_credential_sid),
+        ),
+        else_=None,
+    )
+
+
 def deliveries_page(
     conn: Connection,
     notification_id: int,
     *,
+    status: str | None = None,
+    binding_type: str | None = None,
     after_id: int | None,
     before_id: int | None,
     limit: int,
 ) -> list[Row]:
     conditions = [deliveries.c.notification_id == notification_id]
+    if status is not None:
+        conditions.append(deliveries.c.status == status)
+    if binding_type is not None:
+        conditions.append(deliveries.c.binding_type == binding_type)
     bounds, order = keyset(deliveries.c.id, after_id, before_id)
     conditions.extend(bounds)
     statement = (
-        select(deliveries, notifications.c.sid.label("notification_sid"))
+        select(
+            deliveries,
+            notifications.c.sid.label("notification_sid"),
+            # The credential a worker sends this row with (delivery/repository.py's _JOBS).
+            func.coalesce(
+                deliveries.c.credential_sid, service_credential_for(deliveries.c.binding_type)
+            ).label("sending_credential_sid"),
+        )
         .join(notifications, notifications.c.id == deliveries.c.notification_id)
+        .join(services, services.c.id == deliveries.c.service_id)
         .where(*conditions)
         .order_by(order)
         .limit(limit)
     )
     return list(conn.execute(statement))
+
+
+_CREDENTIALS = select(
+    credentials.c.sid, credentials.c.type, credentials.c.sandbox, credentials.c.encrypted_secrets
+).where(
+    credentials.c.account_sid == bindparam("account_sid"),
+    credentials.c.sid.in_(bindparam("sids", expanding=True)),
+)
+
+
+def credentials_by_sid(conn: Connection, account_sid: str, sids: Sequence[str]) -> list[Row]:
+    """The account's own credentials among `sids` (a row may name another account's: never)."""
+    if not sids:
+        return []
+    return list(conn.execute(_CREDENTIALS, {"account_sid": account_sid, "sids": list(sids)}))

@@ -11,7 +11,7 @@ from pydantic import (
 
 from notify_server.bindings.schemas import E164, BindingType, Identity, Tag
 from notify_server.errors import InvalidParameter
-from notify_server.forms import Form, HttpUrl, JsonObject, Text4096
+from notify_server.forms import Form, HttpUrl, IsoDate, JsonObject, ListQuery, Text4096
 from notify_server.json_input import InvalidJson, read_json
 from notify_server.wire import format_date
 
@@ -149,6 +149,20 @@ def _reserved_keys(values: dict[str, Any]) -> list[str]:
     return sorted(k for k in values if k.startswith(_RESERVED_PREFIX))
 
 
+class NotificationListQuery(ListQuery):
+    start_date: IsoDate | None = Field(default=None, alias="StartDate")
+    end_date: IsoDate | None = Field(default=None, alias="EndDate")
+
+
+DeliveryStatus = Literal["pending", "sending", "sent", "failed"]
+DELIVERY_STATUSES: tuple[str, ...] = DeliveryStatus.__args__  # type: ignore[attr-defined]
+
+
+class DeliveryListQuery(ListQuery):
+    status: DeliveryStatus | None = Field(default=None, alias="Status")
+    binding_type: BindingType | None = Field(default=None, alias="BindingType")
+
+
 class NotificationResource(BaseModel):
     sid: str
     account_sid: str
@@ -182,6 +196,17 @@ class NotificationResource(BaseModel):
         ).model_dump()
 
 
+def notification_detail(notification: Any, base_url: str) -> dict[str, Any]:
+    """Our extension, GET …/Notifications/NT…: the notification as created, its deliveries
+    counted per status, and where they are listed."""
+    path = f"/v1/Services/{notification.service_sid}/Notifications/{notification.sid}"
+    return {
+        **NotificationResource.render(notification),
+        "delivery_summary": dict(notification.delivery_summary),
+        "links": {"deliveries": f"{base_url}{path}/Deliveries"},
+    }
+
+
 class DeliveryResource(BaseModel):
     """Our extension: what happened to each target of a notification."""
 
@@ -200,6 +225,8 @@ class DeliveryResource(BaseModel):
     callback_error: str | None
     date_created: str
     date_updated: str
+    # The request the provider received, or would receive (delivery/rendering.py).
+    provider_request: dict[str, Any]
 
     @classmethod
     def render(cls, delivery: Any, base_url: str) -> dict[str, Any]:
@@ -218,4 +245,5 @@ class DeliveryResource(BaseModel):
             callback_error=delivery.callback_error,
             date_created=format_date(delivery.date_created),
             date_updated=format_date(delivery.date_updated),
+            provider_request=delivery.provider_request,
         ).model_dump()

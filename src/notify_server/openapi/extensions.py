@@ -5,6 +5,7 @@ from typing import Any
 
 EXTENSION = "x-notify-server-extension"
 DELIVERY_TAG = "NotifyServerDelivery"
+NOTIFICATIONS_TAG = "NotifyServerNotifications"
 OPERATIONS_TAG = "NotifyServerOperations"
 
 
@@ -76,9 +77,79 @@ DELIVERY_SCHEMA = marked(
             ),
             "date_created": _text(nullable=False, format="date-time"),
             "date_updated": _text(nullable=False, format="date-time"),
+            "provider_request": {"$ref": "#/components/schemas/notify_server.provider_request"},
         },
     },
     "What happened to one target of a Notification.",
+)
+
+PROVIDER_REQUEST_SCHEMA = marked(
+    {
+        "type": "object",
+        "properties": {
+            "provider": {
+                "type": "string",
+                "description": "The API the request is for: apns, fcm (fcm and gcm bindings,"
+                " FCM HTTP v1), sms (a Twilio-compatible Messages API); a retired binding"
+                " type's name.",
+            },
+            "channel": {
+                "type": "string",
+                "enum": ["apns", "fcm", "sms", "log", "retired"],
+                "description": "Who handles the delivery: `log` when no provider is"
+                " configured (nothing leaves the machine), `retired` for facebook-messenger"
+                " and alexa.",
+            },
+            "method": {"type": "string", "nullable": True, "enum": ["POST"]},
+            "url": _text(
+                description="`<...>` marks what is unknown without a credential or setting."
+            ),
+            "headers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Secrets are placeholders: `bearer <provider token>`,"
+                " `Bearer <access token>`, `Basic <NOTIFY_SMS_ACCOUNT_SID:...>`.",
+            },
+            "body": {
+                "nullable": True,
+                "description": "APNs and FCM: the JSON object, sent as compact JSON in this"
+                " key order. SMS: the form as [name, value] pairs, URL-encoded in this order."
+                " Null when nothing is sent.",
+            },
+            "notes": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "What is unknown, or why nothing is sent; empty when the"
+                " request is exactly what the provider gets.",
+            },
+        },
+    },
+    "the exact request a provider receives, or would receive, for one delivery.",
+)
+
+NOTIFICATION_DETAIL_SCHEMA = marked(
+    {
+        "allOf": [
+            {"$ref": "#/components/schemas/notify.v1.service.notification"},
+            {
+                "type": "object",
+                "properties": {
+                    "delivery_summary": {
+                        "type": "object",
+                        "properties": {
+                            status: {"type": "integer"}
+                            for status in ("pending", "sending", "sent", "failed")
+                        },
+                    },
+                    "links": {
+                        "type": "object",
+                        "properties": {"deliveries": {"type": "string", "format": "uri"}},
+                    },
+                },
+            },
+        ]
+    },
+    "a Notification as created, its deliveries counted per status.",
 )
 
 
@@ -116,7 +187,78 @@ def _status_schema(*values: str) -> dict[str, Any]:
     }
 
 
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
+def _list_response(title: str, key: str, item: str, twilio: dict[str, Any]) -> dict[str, Any]:
+    return _json_answer(
+        {
+            "type": "object",
+            "title": title,
+            "properties": {
+                key: {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}},
+                "meta": _page_meta(twilio),
+            },
+        },
+        "OK",
+    )
+
+
+def list_notifications(twilio: dict[str, Any]) -> dict[str, Any]:
+    """GET on Twilio's own Notifications path (Twilio answers 405 there)."""
+    dates = [p for p in twilio["paths"]["/v1/Services/{ServiceSid}/Bindings"]["get"]["parameters"]
+             if p["name"] in ("StartDate", "EndDate")]  # fmt: skip
+    return marked(
+        {
+            "operationId": "ListNotification",
+            "tags": [NOTIFICATIONS_TAG],
+            "summary": "List a Service's Notifications, newest first",
+            "security": [{"accountSid_authToken": []}],
+            "parameters": [
+                _path_sid("ServiceSid", "IS", "Service to read the Notifications from"),
+                *dates,
+                *_paging_parameters(twilio),
+            ],
+            "responses": {
+                "200": _list_response(
+                    "ListNotificationResponse",
+                    "notifications",
+                    "notify.v1.service.notification",
+                    twilio,
+                )
+            },
+        },
+        "each item is the body the Notification's create answered; StartDate and EndDate"
+        " are UTC days, both inclusive.",
+    )
+
+
 def paths(twilio: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    notification = marked(
+        {
+            "get": marked(
+                {
+                    "operationId": "FetchNotification",
+                    "tags": [NOTIFICATIONS_TAG],
+                    "summary": "Fetch a Notification and its delivery summary",
+                    "security": [{"accountSid_authToken": []}],
+                    "parameters": [
+                        _path_sid("ServiceSid", "IS", "Service the Notification belongs to"),
+                        _path_sid("Sid", "NT", "Notification"),
+                    ],
+                    "responses": {
+                        "200": _json_answer(
+                            {"$ref": "#/components/schemas/notify_server.notification_detail"},
+                            "OK",
+                        )
+                    },
+                },
+                "the created body plus `delivery_summary` and `links.deliveries`.",
+            )
+        },
+        "one Notification (Twilio could not fetch one).",
+    )
     deliveries = marked(
         {
             "get": marked(
@@ -128,28 +270,26 @@ def paths(twilio: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     "parameters": [
                         _path_sid("ServiceSid", "IS", "Service the Notification belongs to"),
                         _path_sid("Sid", "NT", "Notification"),
+                        _query(
+                            "Status",
+                            {"type": "string", "enum": ["pending", "sending", "sent", "failed"]},
+                            "Only deliveries in this state.",
+                        ),
+                        _query(
+                            "BindingType",
+                            {"$ref": "#/components/schemas/binding_enum_binding_type"},
+                            "Only deliveries to bindings of this type.",
+                        ),
                         *_paging_parameters(twilio),
                     ],
                     "responses": {
-                        "200": _json_answer(
-                            {
-                                "type": "object",
-                                "title": "ListDeliveryResponse",
-                                "properties": {
-                                    "deliveries": {
-                                        "type": "array",
-                                        "items": {
-                                            "$ref": "#/components/schemas/notify_server.delivery"
-                                        },
-                                    },
-                                    "meta": _page_meta(twilio),
-                                },
-                            },
-                            "OK",
+                        "200": _list_response(
+                            "ListDeliveryResponse", "deliveries", "notify_server.delivery", twilio
                         )
                     },
                 },
-                "one row per target, oldest first, in Twilio's paging envelope.",
+                "one row per target, oldest first, in Twilio's paging envelope, each with the"
+                " request its provider received or would receive.",
             )
         },
         "what happened to each target of a Notification (Twilio has no such resource).",
@@ -159,6 +299,7 @@ def paths(twilio: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "security": [],
     }
     return {
+        "/v1/Services/{ServiceSid}/Notifications/{Sid}": notification,
         "/v1/Services/{ServiceSid}/Notifications/{Sid}/Deliveries": deliveries,
         "/healthz": marked(
             {
@@ -307,8 +448,13 @@ def apply(description: dict[str, Any]) -> None:
     """Merge the extensions into Twilio's description, in place."""
     description["paths"].update(paths(description))
     description["paths"].update(users_paths(description))
+    description["paths"]["/v1/Services/{ServiceSid}/Notifications"]["get"] = list_notifications(
+        description
+    )
     components = description["components"]
     components["schemas"]["notify_server.delivery"] = DELIVERY_SCHEMA
+    components["schemas"]["notify_server.provider_request"] = PROVIDER_REQUEST_SCHEMA
+    components["schemas"]["notify_server.notification_detail"] = NOTIFICATION_DETAIL_SCHEMA
     components["securitySchemes"]["metricsToken"] = marked(
         {"type": "http", "scheme": "bearer"}, "NOTIFY_METRICS_TOKEN, for /metrics."
     )
@@ -319,6 +465,7 @@ def apply(description: dict[str, Any]) -> None:
     description["tags"].extend(
         [
             marked({"name": DELIVERY_TAG}, "deliveries of a Notification."),
+            marked({"name": NOTIFICATIONS_TAG}, "the Notifications sent, and one of them."),
             marked({"name": OPERATIONS_TAG}, "probes and metrics for operators."),
             marked({"name": USERS_TAG}, "Twilio's removed Users and Segments, as a view."),
         ]
