@@ -160,8 +160,14 @@ def test_the_console_in_chromium(node, server, account, other_account) -> None:
     assert summary["post_to_visible_ms"] < 1000
     # The APNs request as the log channel renders it for a binding without credentials.
     request = summary["apns_request"]
-    assert APN_TOKEN in json.dumps(request)
-    assert "Order shipped" in json.dumps(request)
+    assert (request["provider"], request["channel"], request["method"]) == ("apns", "log", "POST")
+    assert request["url"].endswith(f"/3/device/{APN_TOKEN}")
+    assert request["body"] == {
+        "aps": {"alert": {"title": "Order shipped", "body": "Your order #42 is on its way"}},
+        "order": 42,
+    }
+    assert request["headers"]["apns-push-type"] == "alert"
+    assert request["headers"]["apns-priority"] == "10"
     assert summary["send_error"].startswith("Parameter 'Data' is invalid")
     # The server's own view agrees with what the browser saw.
     with httpx.Client(base_url=server.base_url, auth=account.auth) as http:

@@ -157,6 +157,7 @@ try {
     });
     summary.post_to_sent_visible_ms = Date.now() - posted;
     summary.notification_sid = created.body.sid;
+    await page.click("details.send summary");
     await shot(page, "console-notifications");
   });
 

@@ -24,6 +24,7 @@ from notify_server.http_protocol import shutting_down
 log = logging.getLogger("notify_server")
 
 POLL_SECONDS = 0.3
+MAX_PAUSE_SECONDS = 5.0
 KEEP_ALIVE_SECONDS = 15.0
 STREAM_SECONDS = 300.0
 # How soon the browser reconnects after the stream ends (EventSource's `retry`).
@@ -38,6 +39,7 @@ async def _events(
     started = last_sent = time.monotonic()
     while not stopped() and time.monotonic() - started < STREAM_SECONDS:
         current: str | None
+        polled = time.monotonic()
         try:
             current = await database.read(stamp)
         except TwilioError:  # the service or notification is gone (or the session is)
@@ -47,13 +49,18 @@ async def _events(
             log.warning("console events: database unavailable: %s", error.orig)
             current = last
         now = time.monotonic()
+        # A page over a huge fan-out makes each read slow: then poll less often, so that one
+        # open page never keeps the database more than a fifth busy.
+        pause = max(POLL_SECONDS, 4 * (now - polled))
         if current != last and current is not None:
             yield f"event: change\ndata: {current}\n\n".encode()
             last, last_sent = current, now
         elif now - last_sent >= KEEP_ALIVE_SECONDS:
             yield b": keep-alive\n\n"  # proxies close silent connections
             last_sent = now
-        await asyncio.sleep(POLL_SECONDS)
+        wake = now + min(pause, MAX_PAUSE_SECONDS)
+        while not stopped() and time.monotonic() < wake:
+            await asyncio.sleep(min(POLL_SECONDS, wake - time.monotonic()))
 
 
 def event_stream(

@@ -13,6 +13,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 
 from notify_server.console.session import CrossSiteRequest, SignInNeeded
 from notify_server.errors import TwilioError
+from notify_server.notifications.schemas import DELIVERY_STATUSES
 from notify_server.ratelimit import TooManyRequests
 from notify_server.wire import format_date
 
@@ -44,6 +45,7 @@ templates = Environment(
     lstrip_blocks=True,
 )
 templates.filters["pretty"] = _pretty
+templates.globals["delivery_statuses"] = DELIVERY_STATUSES
 templates.filters["isodate"] = lambda value: format_date(value) if value else ""
 # The list's filters for the pager's links ("identity=a&tag=b&"), blank ones left out.
 templates.filters["keep_filters"] = lambda params: "".join(

@@ -2,6 +2,7 @@
 polled by its event stream. Flushes nothing, writes nothing."""
 
 import hashlib
+from collections.abc import Sequence
 from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, func, select
@@ -37,6 +38,23 @@ _NOTIFICATION_DELIVERY_STATES = (
     .group_by(deliveries.c.status)
     .order_by(deliveries.c.status)
 )
+
+
+def delivery_summaries(
+    conn: Connection, notification_ids: Sequence[int]
+) -> dict[int, dict[str, int]]:
+    """Each notification's deliveries counted per status, in one statement."""
+    if not notification_ids:
+        return {}
+    statement = (
+        select(deliveries.c.notification_id, deliveries.c.status, func.count())
+        .where(deliveries.c.notification_id.in_(notification_ids))
+        .group_by(deliveries.c.notification_id, deliveries.c.status)
+    )
+    summaries: dict[int, dict[str, int]] = {}
+    for notification_id, status, count in conn.execute(statement):
+        summaries.setdefault(notification_id, {})[status] = count
+    return summaries
 
 
 def _digest(*parts: object) -> str:

@@ -7,7 +7,7 @@ import importlib.resources
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -31,10 +31,17 @@ from notify_server.console.session import (
     set_cookie,
 )
 from notify_server.errors import NotFound, TwilioError
-from notify_server.forms import ListQuery
 from notify_server.notifications import operations as notifications
 from notify_server.notifications import repository as notifications_repository
-from notify_server.notifications.schemas import DeliveryResource, NotificationForm
+from notify_server.notifications.operations import DeliveryRecord, StoredNotification
+from notify_server.notifications.schemas import (
+    DELIVERY_STATUSES,
+    DeliveryListQuery,
+    DeliveryResource,
+    NotificationForm,
+    NotificationListQuery,
+)
+from notify_server.paging import Page
 from notify_server.ratelimit import TooManyRequests
 from notify_server.services import operations as services
 from notify_server.services.schemas import ServiceListQuery
@@ -141,7 +148,7 @@ def _form(**values: str | list[str]) -> FormData:
     return FormData(items)
 
 
-async def _service(request: Request, session: Session) -> tuple[str, object]:
+async def _service(request: Request, session: Session) -> tuple[str, Row]:
     service_sid = web.path_sid(request, "service_sid", "IS")
     service = await web.read(
         request, lambda conn: services.get_service(conn, session.account_sid, service_sid)
@@ -205,19 +212,22 @@ async def _notifications_page(
 ) -> Response:
     service_sid, service = await _service(request, session)
     params = _params(request, "page")
-    query = ListQuery.parse(_form(PageSize=PAGE_SIZE, PageToken=params["page"]))
+    query = NotificationListQuery.parse(_form(PageSize=PAGE_SIZE, PageToken=params["page"]))
+    account_sid = session.account_sid
 
-    def read(conn: Connection) -> tuple[object, str]:
-        found = notifications.list_notifications(conn, session.account_sid, service_sid, query)
-        return found, watched.service_stamp(conn, service.id)  # type: ignore[attr-defined]
+    def read(conn: Connection) -> tuple[Page[StoredNotification], dict[int, dict[str, int]], str]:
+        found = notifications.list_notifications(conn, account_sid, service_sid, query)
+        summaries = watched.delivery_summaries(conn, [n.id for n in found.items])
+        return found, summaries, watched.service_stamp(conn, service.id)
 
-    found, stamp = await web.read(request, read)
+    found, summaries, stamp = await web.read(request, read)
     return render(
         "notifications.html",
         status,
         session=session,
         service=service,
         page=found,
+        summaries=summaries,
         stamp=stamp,
         sent=sent or {"target_kind": "Identity"},
         error=error,
@@ -275,29 +285,41 @@ async def show_notification(request: Request) -> Response:
     session = await current_session(request)
     service_sid, service = await _service(request, session)
     sid = web.path_sid(request, "sid", "NT")
-    params = _params(request, "page")
-    query = ListQuery.parse(_form(PageSize=PAGE_SIZE, PageToken=params["page"]))
-
-    def read(conn: Connection) -> tuple[object, object, str]:
-        account_sid = session.account_sid
-        notification = notifications.get_notification(conn, account_sid, service_sid, sid)
-        found = notifications.list_deliveries(conn, account_sid, service_sid, sid, query)
-        notification_id = notifications_repository.notification_id(
-            conn, account_sid, service_sid, sid
+    params = _params(request, "status", "type", "page")
+    context: dict[str, Any] = {
+        "session": session,
+        "service": service,
+        "params": params,
+        "statuses": DELIVERY_STATUSES,
+        "types": BINDING_TYPES,
+    }
+    query = DeliveryListQuery.parse(
+        _form(
+            Status=params["status"],
+            BindingType=params["type"],
+            PageSize=PAGE_SIZE,
+            PageToken=params["page"],
         )
-        assert notification_id is not None
-        return notification, found, watched.notification_stamp(conn, notification_id)
+    )
+    account_sid = session.account_sid
+    settings, box = request.app.state.settings, web.secret_box(request)
+
+    def read(conn: Connection) -> tuple[StoredNotification, Page[DeliveryRecord], str]:
+        notification = notifications.get_notification(conn, account_sid, service_sid, sid)
+        found = notifications.list_deliveries(
+            conn, account_sid, service_sid, sid, query, settings, box
+        )
+        return notification, found, watched.notification_stamp(conn, notification.id)
 
     notification, found, stamp = await web.read(request, read)
     base = web.base_url(request)
     return render(
         "notification.html",
-        session=session,
-        service=service,
         notification=notification,
-        deliveries=[DeliveryResource.render(row, base) for row in found.items],  # type: ignore[attr-defined]
+        deliveries=[DeliveryResource.render(record, base) for record in found.items],
         page=found,
         stamp=stamp,
+        **context,
     )
 
 
