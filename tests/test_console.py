@@ -3,7 +3,9 @@ carries, CSRF and cross-site refusal, one account never seeing another's data, t
 escaped, the setting that turns it off, and the event stream (live server: it must end on
 disconnect and let the server shut down promptly)."""
 
+import asyncio
 import base64
+import contextlib
 import re
 import signal
 import time
@@ -23,6 +25,7 @@ from tests.factories import Account, make_api_key, make_binding, make_service
 from tests.servers import live_server
 
 XSS = "<script>alert(1)</script>"
+STREAMS = 45
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -575,6 +578,30 @@ class TestLiveEvents:
         while requests_counted(server.base_url, "events") <= before:
             assert time.monotonic() < deadline, "the stream kept running after the client left"
             time.sleep(0.1)
+
+    def test_idle_streams_hold_no_database_connection(self, server, http, account):
+        # More open streams than the engine's pool has connections (20 + 20 overflow): were a
+        # stream to keep one between polls, the API behind them would wait for the pool.
+        service = http.post("/v1/Services", auth=account.auth).json()
+        path = f"/console/services/{service['sid']}/events"
+
+        async def open_streams() -> float:
+            limits = httpx.Limits(max_connections=STREAMS + 1)
+            async with (
+                httpx.AsyncClient(
+                    base_url=server.base_url, cookies=http.cookies, timeout=10, limits=limits
+                ) as client,
+                contextlib.AsyncExitStack() as streams,
+            ):
+                for _ in range(STREAMS):
+                    stream = await streams.enter_async_context(client.stream("GET", path))
+                    assert stream.status_code == 200
+                started = time.monotonic()
+                listed = await client.get("/v1/Services", auth=account.auth)
+                assert listed.status_code == 200
+                return time.monotonic() - started
+
+        assert asyncio.run(open_streams()) < 2.0
 
     def test_an_open_stream_does_not_hold_up_shutdown(self, server, http, account):
         service = http.post("/v1/Services", auth=account.auth).json()

