@@ -19,6 +19,9 @@
     loading = true;
     fetch(window.location.href, { credentials: "same-origin", cache: "no-store" })
       .then(function (response) {
+        if (response.redirected) {
+          window.location.reload(); // signed out meanwhile: show the sign-in page
+        }
         if (response.redirected || !response.ok) {
           throw new Error("console: reload failed with " + response.status);
         }
