@@ -37,6 +37,18 @@ async function scenario(name, run) {
   summary.scenarios.push({ name, ms: Date.now() - started });
 }
 
+// Waits for a selector that live updates should bring; on timeout, says what the page and
+// the API showed instead.
+async function waitLive(page, selector, timeout = 10000) {
+  try {
+    await page.locator(selector).first().waitFor({ timeout });
+  } catch (error) {
+    const live = await page.evaluate(() => document.documentElement.getAttribute("data-live"));
+    const html = await page.evaluate(() => document.getElementById("live")?.innerHTML.slice(0, 2000));
+    throw new Error(`${selector} not shown within ${timeout} ms (data-live=${live}) at ${page.url()}:\n${html}`);
+  }
+}
+
 function identities(page) {
   return page.locator("#bindings td.identity").allTextContents();
 }
@@ -149,12 +161,10 @@ try {
       Data: JSON.stringify({ order: 42 }),
     });
     assert.equal(created.status, 201);
-    await page.waitForSelector(`#notifications a:has-text("${created.body.sid}")`, { timeout: 5000 });
+    await waitLive(page, `#notifications a:has-text("${created.body.sid}")`);
     summary.post_to_visible_ms = Date.now() - posted;
     // And its deliveries' states follow without a reload.
-    await page.waitForSelector(`#notifications tr:has-text("${created.body.sid}") .status.sent`, {
-      timeout: 5000,
-    });
+    await waitLive(page, `#notifications tr:has-text("${created.body.sid}") .status.sent`);
     summary.post_to_sent_visible_ms = Date.now() - posted;
     summary.notification_sid = created.body.sid;
     await page.click("details.send summary");
@@ -165,7 +175,7 @@ try {
     await page.click(`#notifications a:has-text("${summary.notification_sid}")`);
     await page.waitForURL(new RegExp(summary.notification_sid));
     const apns = page.locator(`article.delivery[data-address="${fixture.apn_address}"]`);
-    await apns.locator(".status.sent").waitFor();
+    await waitLive(page, `article.delivery[data-address="${fixture.apn_address}"] .status.sent`);
     const request = JSON.parse(await apns.locator("pre.request").textContent());
     summary.apns_request = request;
     await shot(page, "console-deliveries");
@@ -184,7 +194,7 @@ try {
     await page.fill("textarea[name=data]", '{"from": "console"}');
     await page.click("details.send button[type=submit]");
     await page.waitForURL(/\/notifications\/NT[0-9a-f]{32}$/);
-    await page.locator("article.delivery .status.sent").first().waitFor();
+    await waitLive(page, "article.delivery .status.sent");
     summary.sent_from_page = new URL(page.url()).pathname.split("/").pop();
   });
 
