@@ -33,9 +33,13 @@ test-sqlite: $(BIN)/.installed
 test-postgres: $(BIN)/.installed
 	$(BIN)/pytest
 
-# The official Node.js SDK's test needs its package; skipped where npm is missing.
+# The official Node.js SDK's test and the console's browser test (playwright-core, which
+# drives Debian's chromium: no browser download) need their packages; skipped without npm.
 node-deps:
-	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/node --no-audit --no-fund --silent; fi
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/node --no-audit --no-fund --silent && \
+		PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund --silent; \
+	fi
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests alembic bench tools

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from notify_server.app import create_app
 from notify_server.config import Settings
+from notify_server.console.router import routes as console_routes
 from notify_server.credentials.schemas import CredentialForm, CredentialUpdateForm
 from notify_server.docs_routes import routes as docs_routes
 from notify_server.notifications.schemas import DeliveryResource
@@ -21,12 +22,18 @@ from tests.factories import Account, make_binding, make_service
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/twilio_notify_v1.yaml"
 METHODS = ("get", "post", "delete")
-# Served, not described: the description itself and its viewer.
+# Served, not described: the description itself and its viewer; the web inspector's pages.
 UNDESCRIBED = {
     ("/", "get"): "a pointer to /docs, not part of the API",
     ("/openapi", "get"): "the description itself (/openapi.json once Edge strips .json)",
     ("/docs", "get"): "the page that shows the description",
     ("/docs/assets/{}", "get"): "the page's scripts and styles",
+    **{
+        (re.sub(r"\{[^}]*\}", "{}", route.path), method.lower()): "the web inspector (HTML)"
+        for route in console_routes
+        for method in route.methods or ()
+        if method != "HEAD"
+    },
 }
 # Twilio documents these and we do not serve them, on purpose: none today.
 UNSERVED: dict[tuple[str, str], str] = {}
@@ -47,7 +54,8 @@ def described(description: dict) -> set[tuple[str, str]]:
 
 
 def served(settings: Settings) -> set[tuple[str, str]]:
-    app = create_app(settings)
+    # Every optional route on (the console's default is off on PostgreSQL).
+    app = create_app(settings.model_copy(update={"console_enabled": True}))
     return {
         (template(route.path), method.lower())
         for route in app.router.routes
@@ -103,11 +111,15 @@ def test_every_route_is_described_and_every_described_operation_served(
     assert operations_ - routes == set(UNSERVED)
 
 
-def test_undescribed_routes_are_exactly_the_docs_routes() -> None:
-    # The exclusions above are the docs routes, so a new API route cannot hide among them.
-    assert {(template(r.path), m.lower()) for r in docs_routes for m in r.methods or ()} - {
-        (p, "head") for p, _ in UNDESCRIBED
-    } == set(UNDESCRIBED)
+def test_undescribed_routes_are_exactly_the_docs_and_console_routes() -> None:
+    # The exclusions above are the docs and console routes, so a new API route cannot hide
+    # among them; and every console route is under /console.
+    assert all(route.path.startswith("/console") for route in console_routes)
+    assert {
+        (template(r.path), m.lower())
+        for r in [*docs_routes, *console_routes]
+        for m in r.methods or ()
+    } - {(p, "head") for p, _ in UNDESCRIBED} == set(UNDESCRIBED)
 
 
 def test_every_described_operation_answers_through_http(

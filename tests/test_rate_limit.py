@@ -212,3 +212,24 @@ class TestNotLimited:
             if sample.name == "notify_requests_total"
         }
         assert counted == {("list_services", "200"): 3, ("list_services", "429"): 2}
+
+
+class TestChosenKeys:
+    """The console's sign-in limiter is keyed by names a stranger picks: its buckets are capped."""
+
+    def test_past_max_keys_the_buckets_start_over(self):
+        limiter = ratelimit.RateLimiter(0.001, 1, max_keys=3)
+        for key in ("a", "b", "c"):
+            limiter.check(key)
+        with pytest.raises(ratelimit.TooManyRequests):
+            limiter.check("a")
+        limiter.check("d")  # a fourth key: the three are forgotten
+        limiter.check("a")
+        assert len(limiter._buckets) == 2
+
+    def test_without_max_keys_nothing_is_forgotten(self):
+        limiter = ratelimit.RateLimiter(0.001, 1)
+        for key in range(100):
+            limiter.check(str(key))
+        with pytest.raises(ratelimit.TooManyRequests):
+            limiter.check("0")

@@ -20,6 +20,7 @@ from notify_server import migrate
 from notify_server.auth import Authenticator
 from notify_server.bindings.router import routes as bindings_routes
 from notify_server.config import Settings, get_settings
+from notify_server.console.router import routes as console_routes
 from notify_server.credentials.router import routes as credentials_routes
 from notify_server.crypto import SecretKeyError, secret_box_for
 from notify_server.db import Checkpointer, Database, make_engine
@@ -180,6 +181,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.extend(routes)
     app.router.routes.extend(users_routes)
     app.router.routes.extend(docs_routes)
+    if settings.console_on:
+        app.router.routes.extend(console_routes)
+        # Per name tried: ten attempts, then one every six seconds (docs/behaviour.md).
+        app.state.console_sign_ins = RateLimiter(1 / 6, 10, max_keys=10_000)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

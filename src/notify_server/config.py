@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Per account and per process; 0 turns rate limiting off (the embedded default).
     rate_limit_per_second: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
+    # The web inspector at /console. Unset: on for the embedded SQLite mode, off on
+    # PostgreSQL (a shared deployment turns it on deliberately).
+    console_enabled: bool | None = None
 
     # Delivery. `serve` runs a worker in each process unless worker_enabled is false;
     # `notify-server worker` runs one on its own.
@@ -87,6 +90,12 @@ class Settings(BaseSettings):
     sms_auth_token: str | None = None
     # Used when the Service has no MessagingServiceSid.
     sms_from: str | None = None
+
+    @property
+    def console_on(self) -> bool:
+        if self.console_enabled is not None:
+            return self.console_enabled
+        return self.database_url.startswith("sqlite")
 
     @field_validator("outbound_allow")
     @classmethod

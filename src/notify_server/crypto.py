@@ -108,6 +108,11 @@ class SecretBox:
         self._loaded()
         return hmac.new(self._raw, FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:32]
 
+    def derived_key(self, label: bytes) -> bytes:
+        """A key of its own for one purpose (e.g. signing console sessions), from this one."""
+        self._loaded()
+        return hmac.new(self._raw, label, hashlib.sha256).digest()
+
     def opens(self, token: str) -> bool:
         try:
             self._loaded().decrypt(token.encode())

@@ -47,6 +47,15 @@ def seconds(value: float) -> str:
     return f"{value:g} second" + ("" if value == 1 else "s")
 
 
+# Set when this process's server begins its graceful shutdown: long-lived responses (the
+# console's event streams) end themselves rather than hold the shutdown until its timeout.
+_shutting_down = False
+
+
+def shutting_down() -> bool:
+    return _shutting_down
+
+
 @dataclass(frozen=True)
 class EdgeLimits:
     max_header_bytes: int
@@ -110,6 +119,11 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             self.linger_timer.cancel()
             self.linger_timer = None
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        global _shutting_down
+        _shutting_down = True
+        super().shutdown()
 
     def data_received(self, data: bytes) -> None:
         if self.refused:

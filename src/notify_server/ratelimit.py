@@ -18,9 +18,12 @@ class TooManyRequests(TwilioError):
 
 
 class RateLimiter:
-    def __init__(self, per_second: float, burst: int) -> None:
+    def __init__(self, per_second: float, burst: int, max_keys: int | None = None) -> None:
         self._rate = per_second
         self._burst = float(max(burst, 1))
+        # For keys a caller chooses (the console's sign-in names): past this many the buckets
+        # start over, so made-up keys cannot grow the process without bound.
+        self._max_keys = max_keys
         # account sid -> (tokens left, when last refilled)
         self._buckets: dict[str, tuple[float, float]] = {}
 
@@ -28,7 +31,10 @@ class RateLimiter:
         if self._rate <= 0:
             return
         now = time.monotonic()
-        tokens, then = self._buckets.get(account_sid, (self._burst, now))
+        bucket = self._buckets.get(account_sid)
+        if bucket is None and self._max_keys is not None and len(self._buckets) >= self._max_keys:
+            self._buckets.clear()
+        tokens, then = bucket or (self._burst, now)
         tokens = min(self._burst, tokens + (now - then) * self._rate)
         if tokens < 1.0:
             self._buckets[account_sid] = (tokens, now)

@@ -105,3 +105,17 @@ def verify_credentials(conn: Connection, username: str, password: str) -> str | 
     # Compare in constant time, and hash even when the user is unknown.
     matches = hmac.compare_digest(hash_secret(password), stored or "0" * 64)
     return account_sid if matches and stored is not None else None
+
+
+def credential_stamp(conn: Connection, username: str) -> str | None:
+    """A digest of the stored hash of an account's token or an API key's secret: a console
+    session remembers it, so a rotated token or a deleted key ends the sessions it opened.
+    None: no such account or key."""
+    if is_sid(username, "AC"):
+        stored = repository.account_token_hash(conn, username)
+    elif is_sid(username, "SK"):
+        found = repository.api_key_secret_hash(conn, username)
+        stored = found[1] if found else None
+    else:
+        return None
+    return None if stored is None else hashlib.sha256(stored.encode()).hexdigest()[:32]

