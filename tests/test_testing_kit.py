@@ -28,6 +28,11 @@ def test_a_notification_reaches_each_binding(notify_server, notify_client):
         ("sms", "sent"),
     ]
     assert {d["notification_sid"] for d in deliveries} == {notification.sid}
+    by_type = {d["binding_type"]: d["provider_request"] for d in deliveries}
+    assert by_type["apn"]["body"] == {"aps": {"alert": {"body": "Hello"}}}
+    assert by_type["apn"]["url"].endswith("/3/device/token-1")
+    assert dict(by_type["sms"]["body"])["Body"] == "Hello"
+    assert dict(by_type["sms"]["body"])["To"] == "+15551234567"
 
 
 def test_the_session_shares_one_server(notify_server, notify_client):
