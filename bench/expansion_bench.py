@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,25 @@ def serve(port: int, ticks_path: Path, deliver: bool) -> None:
     gaps = ticks_path.open("w", buffering=1)
 
     async def ticker() -> None:
+        # Where each gap went, from the loop thread's own scheduler counters: on a CPU
+        # (the loop itself working), runnable but waiting for one (the machine), or neither:
+        # blocked, which for a thread that only sleeps in epoll means waiting for the GIL.
+        schedstat = open(f"/proc/self/task/{threading.get_native_id()}/schedstat")  # noqa: SIM115
+
+        def counters() -> tuple[float, float]:
+            schedstat.seek(0)
+            cpu, runnable, _ = schedstat.read().split()
+            return int(cpu) / 1e9, int(runnable) / 1e9
+
         last = time.monotonic()
+        last_cpu, last_runnable = counters()
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
-            if now - last > 2 * TICK:  # monotonic time at the gap's end, and the gap
-                gaps.write(f"{now} {now - last}\n")
-            last = now
+            cpu, runnable = counters()
+            if now - last > 2 * TICK:  # monotonic time at the gap's end, the gap, its parts
+                gaps.write(f"{now} {now - last} {cpu - last_cpu} {runnable - last_runnable}\n")
+            last, last_cpu, last_runnable = now, cpu, runnable
 
     async def main() -> None:
         config = uvicorn.Config(
@@ -89,10 +102,13 @@ def serve(port: int, ticks_path: Path, deliver: bool) -> None:
 # The parent: load, start, measure.
 
 
+SERVER_PORT: int | None = None  # --port: the child's port (else a free one)
+
+
 def start_child(url: str, env: dict[str, str], ticks: Path, deliver: bool) -> tuple[Any, str]:
     import httpx
 
-    port = free_port()
+    port = SERVER_PORT or free_port()
     argv = [sys.executable, __file__, "serve", "--port", str(port), "--ticks", str(ticks)]
     if deliver:
         argv.append("--deliver")
@@ -239,11 +255,36 @@ def run(
     gaps = [tuple(map(float, line.split())) for line in ticks.read_text().splitlines()]
 
     def within(start: float, end: float) -> list[float]:
-        return [gap for at, gap in gaps if start <= at <= end]
+        return [gap for at, gap, _, _ in gaps if start <= at <= end]
 
     busy = within(quiet_busy[0], min(quiet_busy[1], expanded))
     result["max_gap_ms"] = max(busy, default=0.0) * 1000
     result["gaps_over_20ms"] = sum(gap > 0.020 for gap in busy)
+    # The gaps over 20 ms while expanding, split: the loop on a CPU, waiting for one, blocked.
+    long_gaps = [
+        (gap, cpu, runnable, at - quiet_busy[0])
+        for at, gap, cpu, runnable in gaps
+        if quiet_busy[0] <= at <= min(quiet_busy[1], expanded) and gap > 0.020
+    ]
+    result["long_gaps_ms"] = sum(gap for gap, _, _, _ in long_gaps) * 1000
+    result["long_gaps_cpu_ms"] = sum(cpu for _, cpu, _, _ in long_gaps) * 1000
+    result["long_gaps_runnable_ms"] = sum(runnable for _, _, runnable, _ in long_gaps) * 1000
+
+    # All the loop's waiting for a CPU per second, in gaps of any size, idle and expanding.
+    def waited(start: float, end: float) -> float:
+        spent = sum(r for at, _, _, r in gaps if start <= at <= end)
+        return spent * 1000 / max(end - start, 1e-9)
+
+    result["waited_ms_per_s"] = waited(quiet_busy[0], min(quiet_busy[1], expanded))
+    result["idle_waited_ms_per_s"] = waited(*quiet_idle)
+    result["gaps_over_10ms"] = sum(
+        g > 0.010 for at, g, _, _ in gaps if quiet_busy[0] <= at <= min(quiet_busy[1], expanded)
+    )
+    result["long_gaps"] = [
+        f"{gap * 1000:.0f} ms (ran {cpu * 1000:.0f}, waited {runnable * 1000:.0f})"
+        f" ending {after:.2f} s in"
+        for gap, cpu, runnable, after in long_gaps
+    ]
     idle = within(*quiet_idle)
     result["idle_max_gap_ms"] = max(idle, default=0.0) * 1000
     result["idle_gaps_over_20ms"] = sum(gap > 0.020 for gap in idle)
@@ -265,7 +306,14 @@ def report(result: dict[str, Any]) -> str:
         f" {result['gaps_over_20ms']} over 20 ms in {WINDOW:.0f} s expanding;"
         f" idle max {result['idle_max_gap_ms']:5.1f} ms,"
         f" {result['idle_gaps_over_20ms']} over 20 ms\n"
-        f"    fetch ({WRK_CONNECTIONS} connections): p50 {busy.get('p50_ms', 0):5.1f} /"
+        f"    gaps over 10 ms expanding: {result['gaps_over_10ms']}; the loop waited for a CPU"
+        f" {result['waited_ms_per_s']:.1f} ms/s expanding, {result['idle_waited_ms_per_s']:.1f}"
+        f" ms/s idle\n"
+        f"    gaps over 20 ms expanding: {result['long_gaps_ms']:.0f} ms in all, of which the"
+        f" loop ran {result['long_gaps_cpu_ms']:.0f} ms, waited for a CPU"
+        f" {result['long_gaps_runnable_ms']:.0f} ms, was blocked (the GIL) the rest\n"
+        + "".join(f"      {line}\n" for line in result["long_gaps"])
+        + f"    fetch ({WRK_CONNECTIONS} connections): p50 {busy.get('p50_ms', 0):5.1f} /"
         f" p99 {busy.get('p99_ms', 0):5.1f} ms at {busy.get('rps', 0):5.0f} req/s"
         f" expanding{partly};"
         f" idle p50 {idle.get('p50_ms', 0):5.1f} / p99 {idle.get('p99_ms', 0):5.1f} ms"
@@ -286,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--inline", action="store_true", help="also every target in the request")
+    parser.add_argument("--port", type=int, help="the server's port (default: a free one)")
     parser.add_argument(
         "--wait-max", type=float, default=3600, help="stop waiting for the expansion after"
     )
@@ -293,8 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         serve(args.port, args.ticks, args.deliver)
         return 0
+    global SERVER_PORT
+    SERVER_PORT = args.port
     sizes = [int(s) for s in args.sizes.split(",")]
+    import notify_server
+
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()}")
+    print(f"measuring {Path(notify_server.__file__).parent}")
     with tempfile.TemporaryDirectory(prefix="expansion-bench-") as tmp:
         workdir = Path(tmp)
         for kind in args.databases.split(","):

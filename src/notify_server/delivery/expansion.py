@@ -5,11 +5,18 @@ expansion record (notifications/models.py). Here a worker writes the rest, one c
 bindings per transaction on the database's writer thread: each chunk holds the writer only
 a few milliseconds and the event loop not at all, and after each the delivery worker is woken
 to send what was written.
+
+After each chunk the Expander rests as long as the chunk took: it works at most half the
+time. Flat out, the chunk's SQL (SQLite's writer thread, or the PostgreSQL backend beside
+the writer) kept a core busy and the event loop waited for a CPU: 20-100 ms of every second
+while expanding on PostgreSQL, against 1-5 ms idle, and most gaps over 20 ms were that
+(bench/FANOUT.md). Half the pace is still several times what delivery takes.
 """
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from sqlalchemy import Connection
@@ -47,6 +54,7 @@ class Expander:
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
         while True:
+            started = time.monotonic()
             try:
                 written = await self._database.transaction(self._next_chunk)
             except Exception:
@@ -58,7 +66,7 @@ class Expander:
                 continue
             if written:
                 self._on_chunk()
-            await asyncio.sleep(0)
+            await asyncio.sleep(time.monotonic() - started)
 
     def _next_chunk(self, conn: Connection) -> int | None:
         return repository.expand_next(conn, limit=self._chunk_size, now=utcnow_precise())

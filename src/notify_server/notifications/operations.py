@@ -106,7 +106,7 @@ def create_notification(
             expires_at=expires_at,
             reported=reported,
         )
-        expanding = count == chunk_size
+        expanding = after_binding_id is not None
         if expanding:
             repository.insert_expansion(
                 conn,

@@ -55,34 +55,38 @@ _FAN_OUT_COLUMNS = (
 # Fair delivery across accounts (start-time fair queueing, one flow per account): an
 # account's new rows get consecutive keys from max(its own clock, the queue's head). The head
 # is the lowest key still waiting; with nothing waiting, every clock is behind it.
-_ACCOUNT_CLOCK = (
+# Prepared, as is every statement of an expansion's chunk: a chunk runs on the writer thread
+# and holds the GIL for whatever it does in Python, SQLAlchemy's execution layer included.
+_ACCOUNT_CLOCK = Prepared(
     select(accounts.c.fair_clock)
     .where(accounts.c.sid == bindparam("account_sid"))
     .with_for_update()
 )
 # ORDER BY ... LIMIT 1, not min(): PostgreSQL's plan for min() read every waiting row of the
 # partial index, a scan per chunk that grows with the fan-out being written.
-_QUEUE_HEAD = select(deliveries.c.fair_key).where(FRESH).order_by(deliveries.c.fair_key).limit(1)
-_LATEST_CLOCK = select(func.max(accounts.c.fair_clock))
-_ADVANCE_CLOCK = (
+_QUEUE_HEAD = Prepared(
+    select(deliveries.c.fair_key).where(FRESH).order_by(deliveries.c.fair_key).limit(1)
+)
+_LATEST_CLOCK = Prepared(select(func.max(accounts.c.fair_clock)))
+_ADVANCE_CLOCK = Prepared(
     update(accounts)
     .where(accounts.c.sid == bindparam("account_sid"))
-    .values(fair_clock=bindparam("end"))
+    .values(fair_clock=bindparam("end", type_=BigInteger))
 )
 
 
 def fair_start(conn: Connection, account_sid: str) -> int:
     """Where the account's next rows start in the queue. Locks the account's row on
     PostgreSQL until the transaction ends, so its notifications queue one after another."""
-    clock = conn.execute(_ACCOUNT_CLOCK, {"account_sid": account_sid}).scalar_one_or_none() or 0
-    head = conn.execute(_QUEUE_HEAD).scalar()
+    clock = _ACCOUNT_CLOCK.one(conn, {"account_sid": account_sid})
+    head = _QUEUE_HEAD.one(conn)
     if head is None:
-        head = conn.execute(_LATEST_CLOCK).scalar() or 0
-    return max(clock, head)
+        head = _LATEST_CLOCK.one(conn)
+    return max((clock and clock[0]) or 0, (head and head[0]) or 0)
 
 
 def advance_fair_clock(conn: Connection, account_sid: str, end: int) -> None:
-    conn.execute(_ADVANCE_CLOCK, {"account_sid": account_sid, "end": end})
+    _ADVANCE_CLOCK.execute(conn, {"account_sid": account_sid, "end": end})
 
 
 def insert_notification(conn: Connection, values: dict) -> int:
@@ -116,39 +120,46 @@ def write_chunk(
     last_binding_id: int,
     limit: int,
     now: datetime,
-    expires_at: datetime,
+    expires_at: datetime | str,
     reported: bool,
-) -> tuple[int, int]:
+) -> tuple[int, int | None]:
     """Outbox rows for the next `limit` matching bindings in id order, queued at the
-    account's place in the fair queue: (rows written, the last binding id written)."""
-    start = fair_start(conn, account_sid)
+    account's place in the fair queue: (rows written, the binding id the next chunk starts
+    after, or None when this was the last chunk).
+
+    The chunk's end is looked up first (the `limit`-th matching binding), so the INSERT
+    returns nothing: RETURNING a row per target made the driver build them in Python, on
+    the writer thread, with the GIL. Whether more remain is the end's existence, not the
+    count: a binding deleted meanwhile makes the chunk shorter, not the last."""
+    shape = (len(query.identities), len(query.tags), len(query.binding_types))
     params = {
-        "notification_id": notification_id,
         "service_id": query.service_id,
         "after": after_binding_id,
         "last": last_binding_id,
-        "limit": limit,
-        "offset": 0,
-        "now": now,
-        "expires_at": expires_at,
-        "reported": reported,
-        "fair_start": start,
+        "offset": limit - 1,
         **{f"identity_{i}": v for i, v in enumerate(query.identities)},
         **{f"tag_{i}": v for i, v in enumerate(query.tags)},
         **{f"binding_type_{i}": v for i, v in enumerate(query.binding_types)},
     }
-    statement = _chunk_statement(len(query.identities), len(query.tags), len(query.binding_types))
-    written = [row[0] for row in statement.execute(conn, params).fetchall()]
+    end = _chunk_end_statement(*shape).one(conn, params)
+    if end is not None:
+        params["last"] = end[0]
+    start = fair_start(conn, account_sid)
+    params.update(
+        notification_id=notification_id,
+        now=now,
+        expires_at=expires_at,
+        reported=reported,
+        fair_start=start,
+    )
+    written = _chunk_statement(*shape).execute(conn, params).rowcount
     if written:
-        advance_fair_clock(conn, account_sid, start + len(written))
-    return len(written), max(written, default=after_binding_id)
+        advance_fair_clock(conn, account_sid, start + written)
+    return written, None if end is None else end[0]
 
 
-@functools.cache
-def _chunk_statement(identities: int, tags: int, binding_types: int) -> Prepared:
-    """One chunk's INSERT ... SELECT ... RETURNING, per shape of query. Prepared: a chunk
-    rebuilt as Core each time spent more of the GIL on SQLAlchemy's cache keys and result rows
-    than on anything else it does in Python."""
+def _matching(identities: int, tags: int, binding_types: int) -> list[ColumnElement[bool]]:
+    """The bindings of a query, per shape, after `after` up to `last`."""
     conditions = [
         bindings.c.service_id == bindparam("service_id"),
         bindings.c.id > bindparam("after"),
@@ -172,6 +183,26 @@ def _chunk_statement(identities: int, tags: int, binding_types: int) -> Prepared
         .exists()
         for i in range(tags)
     )
+    return conditions
+
+
+@functools.cache
+def _chunk_end_statement(identities: int, tags: int, binding_types: int) -> Prepared:
+    """The id of the chunk's last binding: the `offset`+1-th matching one, if there is one."""
+    return Prepared(
+        select(bindings.c.id)
+        .where(*_matching(identities, tags, binding_types))
+        .order_by(bindings.c.id)
+        .limit(1)
+        .offset(bindparam("offset", type_=Integer))
+    )
+
+
+@functools.cache
+def _chunk_statement(identities: int, tags: int, binding_types: int) -> Prepared:
+    """One chunk's INSERT ... SELECT, per shape of query: every matching binding up to
+    the chunk's end, fair keys in id order. Prepared: a chunk rebuilt as Core each time
+    spent more of the GIL on SQLAlchemy's cache keys than on anything else it does."""
     chunk = (
         select(
             bindings.c.id,
@@ -182,10 +213,7 @@ def _chunk_statement(identities: int, tags: int, binding_types: int) -> Prepared
             bindings.c.address,
             bindings.c.credential_sid,
         )
-        .where(*conditions)
-        .order_by(bindings.c.id)
-        .limit(bindparam("limit", type_=Integer))
-        .offset(bindparam("offset", type_=Integer))  # SQLite's LIMIT comes with an OFFSET
+        .where(*_matching(identities, tags, binding_types))
         .subquery()
     )
     rows = select(
@@ -206,22 +234,40 @@ def _chunk_statement(identities: int, tags: int, binding_types: int) -> Prepared
         bindparam("now", type_=DateTime),
         bindparam("fair_start", type_=BigInteger) + func.row_number().over(order_by=chunk.c.id),
     )
-    statement = (
-        insert(deliveries).from_select(_FAN_OUT_COLUMNS, rows).returning(deliveries.c.binding_id)
-    )
-    return Prepared(statement)
+    return Prepared(insert(deliveries).from_select(_FAN_OUT_COLUMNS, rows))
 
 
 def insert_expansion(conn: Connection, values: dict) -> None:
     conn.execute(insert(expansions), values)
 
 
-_NEXT_EXPANSION = (
-    select(expansions)
+_NEXT_EXPANSION = Prepared(
+    select(
+        expansions.c.id,
+        expansions.c.notification_id,
+        expansions.c.account_sid,
+        expansions.c.service_id,
+        expansions.c.identities,
+        expansions.c.tags,
+        expansions.c.binding_types,
+        expansions.c.after_binding_id,
+        expansions.c.last_binding_id,
+        expansions.c.expires_at,
+        expansions.c.reported,
+    )
     .order_by(expansions.c.advanced_at, expansions.c.id)
     .limit(1)
     .with_for_update(skip_locked=True)
 )
+_ADVANCE_EXPANSION = Prepared(
+    update(expansions)
+    .where(expansions.c.id == bindparam("expansion_id"))
+    .values(
+        after_binding_id=bindparam("after", type_=BigInteger),
+        advanced_at=bindparam("now", type_=DateTime),
+    )
+)
+_END_EXPANSION = Prepared(delete(expansions).where(expansions.c.id == bindparam("expansion_id")))
 
 
 def expand_next(conn: Connection, *, limit: int, now: datetime) -> int | None:
@@ -229,32 +275,41 @@ def expand_next(conn: Connection, *, limit: int, now: datetime) -> int | None:
     when no expansion waits. The cursor moves in the same transaction as the rows, so a
     crash between chunks neither loses nor doubles a target. On PostgreSQL the row lock
     (SKIP LOCKED) keeps two workers off the same expansion; SQLite has one writer anyway."""
-    expansion = conn.execute(_NEXT_EXPANSION).first()
+    expansion = _NEXT_EXPANSION.one(conn)
     if expansion is None:
         return None
+    (
+        expansion_id,
+        notification_id,
+        account_sid,
+        service_id,
+        identities,
+        tags,
+        binding_types,
+        after_binding_id,
+        last_binding_id,
+        expires_at,
+        reported,
+    ) = expansion
     query = Query(
-        expansion.service_id,
-        orjson.loads(expansion.identities),
-        orjson.loads(expansion.tags),
-        orjson.loads(expansion.binding_types),
+        service_id, orjson.loads(identities), orjson.loads(tags), orjson.loads(binding_types)
     )
     count, after = write_chunk(
         conn,
-        expansion.notification_id,
-        expansion.account_sid,
+        notification_id,
+        account_sid,
         query,
-        after_binding_id=expansion.after_binding_id,
-        last_binding_id=expansion.last_binding_id,
+        after_binding_id=after_binding_id,
+        last_binding_id=last_binding_id,
         limit=limit,
         now=now,
-        expires_at=expansion.expires_at,
-        reported=expansion.reported,
+        expires_at=expires_at,  # on SQLite the stored text, written back as it is
+        reported=reported,
     )
-    this = expansions.c.id == expansion.id
-    if count < limit:
-        conn.execute(delete(expansions).where(this))
+    if after is None:
+        _END_EXPANSION.execute(conn, {"expansion_id": expansion_id})
     else:
-        conn.execute(update(expansions).where(this).values(after_binding_id=after, advanced_at=now))
+        _ADVANCE_EXPANSION.execute(conn, {"expansion_id": expansion_id, "after": after, "now": now})
     return count
 
 
