@@ -132,6 +132,7 @@ class TestSignIn:
     def test_pages_without_a_session_send_to_sign_in(self, client, service):
         for path in (
             "/console",
+            "/console/",
             "/console/services",
             f"/console/services/{service['sid']}/bindings",
         ):
@@ -476,7 +477,7 @@ class TestDisabled:
         with TestClient(
             create_app(settings.model_copy(update={"console_enabled": False}))
         ) as client:
-            for path in ("/console", "/console/sign-in", "/console/static/console.js"):
+            for path in ("/console", "/console/", "/console/sign-in", "/console/static/console.js"):
                 response = client.get(path)
                 assert response.status_code == 404
                 assert response.json()["code"] == 20404

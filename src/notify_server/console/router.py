@@ -375,6 +375,7 @@ async def static(request: Request) -> Response:
 
 routes = [
     Route("/console", home, methods=["GET"]),
+    Route("/console/", home, methods=["GET"]),  # what people type
     Route("/console/sign-in", sign_in_page, methods=["GET"]),
     Route("/console/sign-in", sign_in, methods=["POST"]),
     Route("/console/sign-out", sign_out, methods=["POST"]),
