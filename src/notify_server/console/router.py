@@ -274,11 +274,9 @@ async def send_notification(request: Request) -> Response:
         raise
     except TwilioError as error:
         return await _notifications_page(request, session, 400, sent=sent, error=error.message)
-    worker = request.app.state.delivery_worker
-    if notification.deliveries:
-        worker.wake()
-    if notification.expanding:
-        worker.expander.wake()
+    request.app.state.delivery_worker.created(
+        deliveries=notification.deliveries, expanding=notification.expanding
+    )
     return redirect(f"/console/services/{service_sid}/notifications/{notification.sid}")
 
 

@@ -270,6 +270,13 @@ class DeliveryWorker:
         if self._wake_event is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake_event.set)
 
+    def created(self, *, deliveries: int, expanding: bool) -> None:
+        """A notification was committed: send what it wrote now, expand the rest now."""
+        if deliveries:
+            self.wake()
+        if expanding:
+            self.expander.wake()
+
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()

@@ -28,11 +28,9 @@ async def create_notification(request: Request) -> Response:
             conn, account_sid, service_sid, form, chunk_size
         ),
     )
-    worker = request.app.state.delivery_worker
-    if notification.deliveries:
-        worker.wake()
-    if notification.expanding:
-        worker.expander.wake()
+    request.app.state.delivery_worker.created(
+        deliveries=notification.deliveries, expanding=notification.expanding
+    )
     return web.json_response(NotificationResource.render(notification), 201)
 
 
