@@ -345,12 +345,12 @@ async def events(request: Request) -> Response:
         service = services.get_service(conn, account_sid, service_sid)
         if notification_sid is None:
             return watched.service_stamp(conn, service.id)
-        notification_id = notifications_repository.notification_id(
-            conn, account_sid, service_sid, notification_sid
+        notification = notifications_repository.notification(
+            conn, account_sid, service.id, notification_sid
         )
-        if notification_id is None:
+        if notification is None:
             raise NotFound()
-        return watched.notification_stamp(conn, notification_id)
+        return watched.notification_stamp(conn, notification.id)
 
     try:
         await web.read(request, stamp)

@@ -352,23 +352,6 @@ def fan_out_to_addresses(
     return len(rows)
 
 
-_NOTIFICATION_BY_SID = (
-    select(notifications.c.id, notifications.c.sid)
-    .join(services, services.c.id == notifications.c.service_id)
-    .where(
-        services.c.account_sid == bindparam("account_sid"),
-        services.c.sid == bindparam("service_sid"),
-        notifications.c.sid == bindparam("sid"),
-    )
-)
-
-
-def notification_id(conn: Connection, account_sid: str, service_sid: str, sid: str) -> int | None:
-    params = {"account_sid": account_sid, "service_sid": service_sid, "sid": sid}
-    row = conn.execute(_NOTIFICATION_BY_SID, params).first()
-    return None if row is None else row.id
-
-
 _NOTIFICATION_COLUMNS = (
     notifications.c.id,
     notifications.c.sid,
