@@ -5,10 +5,7 @@ A real `notify-server serve` (worker included) while its database is held: healt
 finish, stored, once it is back.
 """
 
-import select
-import socket
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from tests.factories import Account, make_account
-from tests.servers import LiveServer, free_port, live_server
+from tests.servers import DatabaseProxy, LiveServer, live_server
 
 # Far below the stalls this guards against (seconds: the database's own timeouts), far above
 # what a loaded test machine adds to a loopback request.
@@ -109,53 +106,6 @@ def test_a_locked_database_holds_up_only_what_needs_it(engine: Engine, database_
     assert stored == len(created)
 
 
-class FreezableProxy:
-    """TCP forwarding to PostgreSQL that can stop moving bytes (a database gone silent,
-    connections left open), then resume."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._moving = threading.Event()
-        self._moving.set()
-        self._stopping = False
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def freeze(self) -> None:
-        self._moving.clear()
-
-    def resume(self) -> None:
-        self._moving.set()
-
-    def close(self) -> None:
-        self._stopping = True
-        self._moving.set()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._stopping:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
-        peers = {client: upstream, upstream: client}
-        with client, upstream:
-            while not self._stopping:
-                self._moving.wait()
-                ready, _, _ = select.select(list(peers), [], [], 0.05)
-                for sock in ready:
-                    self._moving.wait()  # frozen: hold what arrived
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    peers[sock].sendall(data)
-
-
 def test_a_database_that_stops_answering_holds_up_only_what_needs_it(
     engine: Engine, database_url: str
 ) -> None:
@@ -163,7 +113,7 @@ def test_a_database_that_stops_answering_holds_up_only_what_needs_it(
         pytest.skip("SQLite has no server to go silent")
     account = make_account(engine)
     url = make_url(database_url)
-    proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy = DatabaseProxy((url.host or "127.0.0.1", url.port or 5432))
     proxied = url.set(host="127.0.0.1", port=proxy.port)
     try:
         with live_server(proxied.render_as_string(hide_password=False)) as server:

@@ -11,12 +11,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import BigInteger, Connection, Engine, Integer, MetaData, create_engine, event
+from sqlalchemy import BigInteger, Connection, Engine, Integer, MetaData, create_engine, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
+
+from notify_server import pgwire
 
 _NO_PARAMS: Mapping[str, Any] = {}
 Result = TypeVar("Result")
@@ -54,9 +56,16 @@ def make_engine(url: str, *, background_checkpoints: bool = False) -> Engine:
     if make_url(url).get_driver_name() != "psycopg":
         # hide_parameters: an error's text never carries a statement's values (sealed tokens).
         return create_engine(url, pool_size=20, max_overflow=20, hide_parameters=True)
-    # The driver in autocommit: we send BEGIN ourselves (_configure_psycopg).
+    # The driver in autocommit: we send BEGIN ourselves (_configure_psycopg). psycopg prepares
+    # nothing itself: the hot statements are prepared by pgwire, and psycopg, holding any of
+    # its own, answers every ROLLBACK with DEALLOCATE ALL, which would take ours with them.
     engine = create_engine(
-        url, pool_size=20, max_overflow=20, isolation_level="AUTOCOMMIT", hide_parameters=True
+        url,
+        pool_size=20,
+        max_overflow=20,
+        isolation_level="AUTOCOMMIT",
+        hide_parameters=True,
+        connect_args={"prepare_threshold": None},
     )
     _configure_psycopg(engine)
     return engine
@@ -70,8 +79,8 @@ def _configure_psycopg(engine: Engine) -> None:
 
     Left to itself psycopg sends BEGIN alone and waits for its answer: a round trip per
     write transaction. So the driver runs in autocommit, and a transaction SQLAlchemy begins
-    only marks BEGIN as owed; the first statement sends it: a Prepared one pipelined with
-    it, any other just before it. Reads (`autocommit_read`) owe none.
+    only marks BEGIN as owed; the first statement sends it: a Prepared one in the same
+    round trip, any other just before it. Reads (`autocommit_read`) owe none.
     """
 
     @event.listens_for(engine, "begin")
@@ -93,25 +102,6 @@ def _configure_psycopg(engine: Engine) -> None:
     @event.listens_for(engine.pool, "checkin")
     def on_checkin(_dbapi_connection: Any, record: Any) -> None:
         record.info.pop(_BEGIN_PENDING, None)
-
-
-def _with_owed_begin(connection: Connection, send: Callable[[], Result]) -> Result:
-    """`send()`, preceded by the BEGIN its transaction owes, in the same round trip."""
-    driver = driver_connection(connection)
-    if connection.info.pop(_BEGIN_PENDING, False):
-        if _in_pipeline(driver):
-            driver.execute("BEGIN")
-        else:
-            with driver.pipeline():
-                driver.execute("BEGIN")
-                return send()
-    return send()
-
-
-def _in_pipeline(driver: Any) -> bool:
-    from psycopg import pq
-
-    return bool(driver.pgconn.pipeline_status != pq.PipelineStatus.OFF)
 
 
 BUSY_TIMEOUT_MS = 10000
@@ -479,7 +469,7 @@ def defer(connection: Connection, statement: "Prepared", rows: Sequence[Mapping[
     """Run `statement` for `rows` at commit, sent together with the COMMIT.
 
     For a transaction's last writes, whose results nobody reads: on PostgreSQL they and the
-    COMMIT go in one pipeline, one round trip. A failure among them fails the commit.
+    COMMIT go together, one round trip. A failure among them fails the commit.
     """
     if rows:
         connection.info.setdefault(_DEFERRED, []).append((statement, rows))
@@ -493,13 +483,32 @@ def flush_deferred(connection: Connection) -> None:
         for statement, rows in deferred:
             statement.execute_many(connection, rows)
         return
-    driver = driver_connection(connection)
-    with driver.pipeline():
-        for statement, rows in deferred:
-            statement.execute_many(connection, rows)
-        # As a statement: driver.commit() would sync at once, and leaving the pipeline
-        # syncs again; this way the statements and the COMMIT are one round trip.
-        driver.execute("COMMIT")
+    # The statements and the COMMIT: one round trip.
+    rows = [(statement, row) for statement, statement_rows in deferred for row in statement_rows]
+    send_together(connection, [*rows, (_COMMIT, _NO_PARAMS)])
+
+
+def send_together(
+    conn: Connection, batch: Sequence[tuple["Prepared", Mapping[str, Any]]]
+) -> list[Any]:
+    """Each statement's cursor, the statements run in order: in one round trip on
+    PostgreSQL (with the BEGIN the transaction owes). The first failure is raised."""
+    if conn.dialect.name != "postgresql":
+        return [statement.execute(conn, params) for statement, params in batch]
+    try:
+        return _run_on_libpq(conn, [(s._on_libpq(conn), params) for s, params in batch])
+    except conn.dialect.loaded_dbapi.Error as error:
+        raise _as_sqlalchemy_error(conn, error) from error
+
+
+def _run_on_libpq(
+    conn: Connection, batch: list[tuple[pgwire.Statement, Mapping[str, Any]]]
+) -> list[pgwire.Rows]:
+    owed = conn.info.pop(_BEGIN_PENDING, False)
+    if owed:
+        batch = [(_BEGIN._on_libpq(conn), _NO_PARAMS), *batch]
+    results = pgwire.run(driver_connection(conn), conn.info, batch)
+    return results[1:] if owed else results
 
 
 def driver_connection(connection: Connection) -> Any:
@@ -526,14 +535,17 @@ class Prepared:
     """A Core statement compiled once per dialect and run straight on the driver's connection.
 
     On the hot paths SQLAlchemy's execution layer (context, result and row objects) cost more
-    than the queries themselves (bench/README.md). The SQL is still written as Core, so it
-    stays dialect-neutral; what comes back is the driver's rows (tuples in the order of the
-    statement's columns; on SQLite, dates as the text SQLAlchemy stores).
+    than the queries themselves (bench/README.md), and on PostgreSQL so did psycopg's cursor:
+    there the statement runs on libpq itself (`pgwire`), prepared on each connection. The SQL
+    is still written as Core, so it stays dialect-neutral; what comes back is a cursor of the
+    driver's rows (tuples in the order of the statement's columns; on SQLite, dates as the
+    text SQLAlchemy stores).
     """
 
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+        self._libpq: pgwire.Statement | None = None
 
     def _for(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
         compiled = self._compiled.get(dialect.name)
@@ -546,33 +558,63 @@ class Prepared:
             compiled = self._compiled[dialect.name] = (sql.string, names, fixed)
         return compiled
 
+    def _on_libpq(self, conn: Connection) -> pgwire.Statement:
+        if self._libpq is None:
+            sql, _, fixed = self._for(conn.dialect)
+            self._libpq = pgwire.statement_from_pyformat(sql, fixed)
+        return self._libpq
+
     def execute(self, conn: Connection, params: Mapping[str, Any] = _NO_PARAMS) -> Any:
-        """The driver's cursor, executed."""
-        sql, names, fixed = self._for(conn.dialect)
-        if fixed:
-            params = {**fixed, **params}
-        driver = driver_connection(conn)
-        if names is not None:  # SQLite: positional, dates as SQLAlchemy's text
-            return driver.execute(sql, [_sqlite_value(params[name]) for name in names])
-        if _BEGIN_PENDING in conn.info:
-            return _with_owed_begin(conn, lambda: driver.execute(sql, params))
-        return driver.execute(sql, params)
+        """The statement's cursor (fetchone, fetchall, iteration, rowcount)."""
+        try:
+            if conn.dialect.name == "postgresql":
+                return _run_on_libpq(conn, [(self._on_libpq(conn), params)])[0]
+            sql, names, fixed = self._for(conn.dialect)
+            if fixed:
+                params = {**fixed, **params}
+            values = [_sqlite_value(params[name]) for name in names or ()]
+            return driver_connection(conn).execute(sql, values)
+        except conn.dialect.loaded_dbapi.Error as error:
+            raise _as_sqlalchemy_error(conn, error) from error
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        sql, names, fixed = self._for(conn.dialect)
-        if fixed:
-            rows = [{**fixed, **row} for row in rows]
-        cursor = driver_connection(conn).cursor()
-        if names is not None:
-            cursor.executemany(sql, [[_sqlite_value(row[n]) for n in names] for row in rows])
-        elif _BEGIN_PENDING in conn.info:
-            _with_owed_begin(conn, lambda: cursor.executemany(sql, rows))
-        else:
-            cursor.executemany(sql, rows)
+        try:
+            if conn.dialect.name == "postgresql":
+                statement = self._on_libpq(conn)
+                _run_on_libpq(conn, [(statement, row) for row in rows])
+                return
+            sql, names, fixed = self._for(conn.dialect)
+            if fixed:
+                rows = [{**fixed, **row} for row in rows]
+            values = [[_sqlite_value(row[n]) for n in names or ()] for row in rows]
+            driver_connection(conn).cursor().executemany(sql, values)
+        except conn.dialect.loaded_dbapi.Error as error:
+            raise _as_sqlalchemy_error(conn, error) from error
 
     def one(self, conn: Connection, params: Mapping[str, Any] = _NO_PARAMS) -> Any:
         """The first row, or None."""
         return self.execute(conn, params).fetchone()
+
+
+_BEGIN = Prepared(text("BEGIN"))
+_COMMIT = Prepared(text("COMMIT"))
+
+
+def _as_sqlalchemy_error(conn: Connection, error: Exception) -> Exception:
+    """What conn.execute would have raised: one set of handlers maps both (a database that
+    went away answers 503, a dead connection is retried by Database)."""
+    lost = isinstance(error, pgwire.ConnectionLost)
+    if lost:  # as SQLAlchemy does: the pool drops it rather than try to reset it
+        conn.invalidate(error)
+    return DBAPIError.instance(
+        None,
+        None,
+        error,
+        conn.dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=lost,
+        dialect=conn.dialect,
+    )
 
 
 def _sqlite_value(value: Any) -> Any:

@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 from notify_server.bindings.models import Binding, BindingTag
 from notify_server.credentials.models import Credential
-from notify_server.db import Prepared, defer, driver_connection, stored_datetime
+from notify_server.db import Prepared, defer, send_together, stored_datetime
 from notify_server.services.models import Service
 from notify_server.services.repository import DEFAULT_VERSION_TYPES, BindingDefaults
 
@@ -208,13 +208,20 @@ def lock_registration(
     on each other; a hash collision only serialises a little more. Keyed by the service's
     sid, so they can be taken before the service is looked up.
     """
-    if conn.dialect.name != "postgresql":
-        return
+    if conn.dialect.name == "postgresql":
+        send_together(conn, _registration_locks(service_sid, identity, endpoint_key))
+
+
+def _registration_locks(
+    service_sid: str, identity: str, endpoint_key: str | None
+) -> list[tuple[Prepared, dict[str, int]]]:
+    locks = []
     if endpoint_key is not None:
         key = lock_key(service_sid, endpoint_key)
-        _ADVISORY_LOCK.execute(conn, {"namespace": LOCK_ENDPOINT, "key": key})
+        locks.append((_ADVISORY_LOCK, {"namespace": LOCK_ENDPOINT, "key": key}))
     key = lock_key(service_sid, identity)
-    _ADVISORY_LOCK.execute(conn, {"namespace": LOCK_IDENTITY, "key": key})
+    locks.append((_ADVISORY_LOCK, {"namespace": LOCK_IDENTITY, "key": key}))
+    return locks
 
 
 def fetch(conn: Connection, account_sid: str, service_sid: str, sid: str) -> StoredBinding | None:
@@ -243,8 +250,8 @@ def lock_and_probe(
 ) -> CreateProbe | None:
     """lock_registration, then what the create must know (None: no such service).
 
-    On PostgreSQL BEGIN, the locks and the probe go in one pipeline: one round trip, the
-    probe still run under the locks.
+    On PostgreSQL BEGIN, the locks and the probe go together: one round trip, the probe
+    still run under the locks.
     """
     params = {
         "account_sid": account_sid,
@@ -255,9 +262,8 @@ def lock_and_probe(
         "credential_sid": credential_sid,
     }
     if conn.dialect.name == "postgresql":
-        with driver_connection(conn).pipeline():
-            lock_registration(conn, service_sid, identity, endpoint_key)
-            cursor = _CREATE_PROBE.execute(conn, params)
+        locks = _registration_locks(service_sid, identity, endpoint_key)
+        cursor = send_together(conn, [*locks, (_CREATE_PROBE, params)])[-1]
     else:
         cursor = _CREATE_PROBE.execute(conn, params)
     row = cursor.fetchone()
