@@ -9,6 +9,7 @@ from sqlalchemy import Engine, bindparam, cast, literal, select, text
 from sqlalchemy.exc import DataError, ProgrammingError
 from sqlalchemy.types import Boolean, DateTime, Integer, String
 
+from notify_server import pgwire
 from notify_server.db import Prepared, send_together
 
 ECHO = Prepared(
@@ -94,3 +95,25 @@ def test_a_batch_larger_than_the_sockets_buffers(postgresql: Engine) -> None:
     with postgresql.connect() as conn:
         results = send_together(conn, [(ECHO, big)] * 2000)
         assert [r.fetchone()[0] for r in results] == ["x" * 4096] * 2000
+
+
+PREPARED_AT = text("SELECT prepare_time FROM pg_prepared_statements WHERE name = :name")
+
+
+def test_statements_are_prepared_afresh_after_a_while(
+    postgresql: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached generic plan outlives the statistics it was made from (ANALYZE invalidates
+    nothing): planned on a near-empty table, the create's probe read a whole service per
+    create. So a connection re-prepares its statements every REPLAN_SECONDS."""
+    with postgresql.connect() as conn:
+        DIVIDE.one(conn, {"by": 1})
+        name = {"name": DIVIDE._on_libpq(conn).name.decode()}
+        first = conn.execute(PREPARED_AT, name).scalar_one()
+        conn.rollback()
+        DIVIDE.one(conn, {"by": 1})
+        assert conn.execute(PREPARED_AT, name).scalar_one() == first  # within REPLAN_SECONDS
+        conn.rollback()
+        monkeypatch.setattr(pgwire, "REPLAN_SECONDS", 0.0)
+        DIVIDE.one(conn, {"by": 1})
+        assert conn.execute(PREPARED_AT, name).scalar_one() > first

@@ -13,6 +13,7 @@ trip), named after their Prepared object; several sent together go in one pipeli
 
 import re
 import select
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import count
 from typing import Any
@@ -104,15 +105,21 @@ def run(
     statements after it were not run (and a transaction they were in is aborted).
     """
     pgconn = driver.pgconn
-    prepared, transformer = _state_of(driver, info)
+    state = _state_of(driver, info)
+    prepared, transformer = state.prepared, state.transformer
     # Converted before anything is sent: a value that cannot be fails alone.
     values = [
         transformer.dump_sequence(statement.values(params), statement.formats)
         for statement, params in batch
     ]
-    expected: list[tuple[Statement, bool]] = []  # (statement, whether the answer is its Parse)
+    # What each answer is for: a statement's run, its Parse, or (None) the DEALLOCATE.
+    expected: list[tuple[Statement | None, bool]] = []
     try:
         pgconn.enter_pipeline_mode()
+        if state.replan_due() and pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            pgconn.send_query_params(b"DEALLOCATE ALL", None)
+            expected.append((None, True))
+            state.replanned()
         for (statement, _), statement_values in zip(batch, values, strict=True):
             if statement.name not in prepared:
                 pgconn.send_prepare(statement.name, statement.sql)
@@ -129,29 +136,61 @@ def run(
         raise ConnectionLost(f"the database connection was lost: {error}") from None
     results: list[Rows] = []
     failure: psycopg.Error | None = None
-    for (statement, is_parse), answer in zip(expected, answers, strict=True):
-        if answer.status not in _OK and is_parse:  # not prepared after all
-            prepared.discard(statement.name)
+    for (sent, preparing), answer in zip(expected, answers, strict=True):
+        if answer.status not in _OK and preparing and sent is not None:
+            prepared.discard(sent.name)  # not prepared after all
         if answer.status == _FATAL:
             failure = failure or psycopg.errors.error_from_result(answer, driver.info.encoding)
-        elif answer.status not in _OK or is_parse:  # not run (an earlier one failed), a Parse
-            continue
-        else:
+        elif answer.status in _OK and not preparing:
             results.append(_rows(transformer, answer))
-    if isinstance(failure, psycopg.errors.InvalidSqlStatementName):
-        prepared.clear()  # deallocated behind our back (DISCARD ALL): prepare afresh next time
+    if isinstance(failure, _OUT_OF_STEP):
+        state.lost_track()  # statements deallocated behind our back (DISCARD ALL), or kept
     if failure is not None:
         raise failure
     return results
 
 
-def _state_of(driver: psycopg.Connection, info: dict[str, Any]) -> tuple[set[bytes], Any]:
-    """What this connection has prepared, and its Transformer (whose caches of dumpers and
-    loaders are worth keeping). Kept with the libpq connection: a reconnect starts afresh."""
+# A generic plan PostgreSQL caches for a prepared statement is not replanned when the table's
+# statistics change (ANALYZE invalidates nothing). Planned on a near-empty table, the create's
+# probe took an index on service_id alone and read every binding of the service on each
+# create, slower and slower (bench/README.md). So each connection prepares its statements
+# afresh this often: a few plannings a connection every so many seconds.
+REPLAN_SECONDS = 10.0
+_OUT_OF_STEP = (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement)
+
+
+class _ConnectionState:
+    """What a connection has prepared (and since when), and its Transformer, whose caches of
+    dumpers and loaders are worth keeping. Kept with the libpq connection it belongs to: a
+    reconnect starts afresh."""
+
+    __slots__ = ("pgconn", "prepared", "transformer", "since", "out_of_step")
+
+    def __init__(self, driver: psycopg.Connection) -> None:
+        self.pgconn = driver.pgconn
+        self.prepared: set[bytes] = set()
+        self.transformer = Transformer(driver)
+        self.since = time.monotonic()
+        self.out_of_step = False
+
+    def replan_due(self) -> bool:
+        stale = bool(self.prepared) and time.monotonic() - self.since > REPLAN_SECONDS
+        return stale or self.out_of_step
+
+    def replanned(self) -> None:
+        self.prepared.clear()
+        self.since = time.monotonic()
+        self.out_of_step = False
+
+    def lost_track(self) -> None:
+        self.out_of_step = True  # DEALLOCATE ALL before the next batch, then start afresh
+
+
+def _state_of(driver: psycopg.Connection, info: dict[str, Any]) -> _ConnectionState:
     state = info.get(_STATE)
-    if state is None or state[0] is not driver.pgconn:
-        state = info[_STATE] = (driver.pgconn, set(), Transformer(driver))
-    return state[1], state[2]
+    if state is None or state.pgconn is not driver.pgconn:
+        state = info[_STATE] = _ConnectionState(driver)
+    return state
 
 
 def _rows(transformer: abc.Transformer, answer: pq.abc.PGresult) -> Rows:
