@@ -8,16 +8,16 @@ import time
 
 import httpx
 import pytest
-from sqlalchemy import Engine, bindparam, func, insert, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from notify_server.accounts.repository import accounts
 from notify_server.db import Database, Prepared, defer, send_together
-from notify_server.wire import new_sid, utcnow
+from notify_server.wire import new_sid
 from tests.factories import make_account
 from tests.servers import DatabaseProxy, live_server
-from tests.test_group_commit import terminate_backends
+from tests.test_group_commit import account_values, insert_account, terminate_backends
 
 UNAVAILABLE = {
     "code": 20503,
@@ -29,18 +29,7 @@ COUNT_ACCOUNTS = Prepared(select(func.count()).select_from(accounts))
 BACKEND_PID = Prepared(select(func.pg_backend_pid()))
 
 
-def account_row(sid: str) -> dict:
-    now = utcnow()
-    return {
-        "sid": sid,
-        "auth_token_hash": "0" * 64,
-        "fair_clock": 0,
-        "date_created": now,
-        "date_updated": now,
-    }
-
-
-INSERT_ACCOUNT = Prepared(insert(accounts).values({k: bindparam(k) for k in account_row("")}))
+INSERT_ACCOUNT = insert_account()
 
 
 @pytest.fixture
@@ -118,7 +107,7 @@ def test_a_prepared_write_before_commit_is_retried_once(postgresql: Engine) -> N
     def write(conn):
         # A statement before the commit (as a create's locks and probe), then a deferred row.
         send_together(conn, [(COUNT_ACCOUNTS, {}), (BACKEND_PID, {})])
-        defer(conn, INSERT_ACCOUNT, [account_row(sid)])
+        defer(conn, INSERT_ACCOUNT, [account_values(sid)])
         return sid
 
     try:
@@ -145,11 +134,11 @@ def test_a_prepared_statement_raises_what_sqlalchemy_would(engine: Engine) -> No
     kept, fresh = new_sid("AC"), new_sid("AC")
 
     def duplicate(conn):
-        INSERT_ACCOUNT.execute(conn, account_row(fresh))
-        INSERT_ACCOUNT.execute_many(conn, [account_row(kept)])
+        INSERT_ACCOUNT.execute(conn, account_values(fresh))
+        INSERT_ACCOUNT.execute_many(conn, [account_values(kept)])
 
     try:
-        asyncio.run(database.write(lambda conn: INSERT_ACCOUNT.execute(conn, account_row(kept))))
+        asyncio.run(database.write(lambda conn: INSERT_ACCOUNT.execute(conn, account_values(kept))))
         with pytest.raises(IntegrityError):
             asyncio.run(database.write(duplicate))
         sids = asyncio.run(
