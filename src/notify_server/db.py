@@ -566,27 +566,26 @@ class Prepared:
 
     def execute(self, conn: Connection, params: Mapping[str, Any] = _NO_PARAMS) -> Any:
         """The statement's cursor (fetchone, fetchall, iteration, rowcount)."""
+        if conn.dialect.name == "postgresql":
+            return send_together(conn, [(self, params)])[0]
+        sql, names, fixed = self._for(conn.dialect)
+        if fixed:
+            params = {**fixed, **params}
+        values = [_sqlite_value(params[name]) for name in names or ()]
         try:
-            if conn.dialect.name == "postgresql":
-                return _run_on_libpq(conn, [(self._on_libpq(conn), params)])[0]
-            sql, names, fixed = self._for(conn.dialect)
-            if fixed:
-                params = {**fixed, **params}
-            values = [_sqlite_value(params[name]) for name in names or ()]
             return driver_connection(conn).execute(sql, values)
         except conn.dialect.loaded_dbapi.Error as error:
             raise _as_sqlalchemy_error(conn, error) from error
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if conn.dialect.name == "postgresql":
+            send_together(conn, [(self, row) for row in rows])
+            return
+        sql, names, fixed = self._for(conn.dialect)
+        if fixed:
+            rows = [{**fixed, **row} for row in rows]
+        values = [[_sqlite_value(row[n]) for n in names or ()] for row in rows]
         try:
-            if conn.dialect.name == "postgresql":
-                statement = self._on_libpq(conn)
-                _run_on_libpq(conn, [(statement, row) for row in rows])
-                return
-            sql, names, fixed = self._for(conn.dialect)
-            if fixed:
-                rows = [{**fixed, **row} for row in rows]
-            values = [[_sqlite_value(row[n]) for n in names or ()] for row in rows]
             driver_connection(conn).cursor().executemany(sql, values)
         except conn.dialect.loaded_dbapi.Error as error:
             raise _as_sqlalchemy_error(conn, error) from error

@@ -1,8 +1,8 @@
 """db.Prepared statements on PostgreSQL, run on libpq itself through psycopg's `pq` layer.
 
-Through a psycopg cursor one statement cost ~70 µs of CPU here and a pipeline of four
-~350 µs: a create's eight statements spent 1.8 ms in the driver, six times what the rest of
-the request costs (bench/README.md). On `Connection.pgconn` a prepared statement costs a
+Through a psycopg cursor one statement cost ~90 µs of CPU here and a pipeline of four
+~300 µs: a create's eight statements spent more in the driver than the rest of the request
+did (bench/README.md, bench/pg_driver_bench.py). On `Connection.pgconn` a prepared statement costs a
 few µs besides the round trip. psycopg still converts the values both ways (its
 Transformer, so every type adapts as it does elsewhere), raises its own error classes, and
 owns the connection for everything else; libpq releases the GIL while it waits.
