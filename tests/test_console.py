@@ -15,12 +15,16 @@ import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select, update
 
 from notify_server.app import create_app
 from notify_server.config import Settings
+from notify_server.console import repository as watched
 from notify_server.console.pages import POLICY
 from notify_server.console.session import COOKIE
+from notify_server.notifications import operations as notification_operations
+from notify_server.notifications.models import Delivery, Notification
+from notify_server.services.models import Service
 from tests.factories import Account, make_api_key, make_binding, make_service
 from tests.servers import live_server
 
@@ -421,6 +425,81 @@ class TestNotifications:
             response = client.get(path)
             assert response.status_code == 404, path
             assert "secret" not in response.text
+
+    @pytest.mark.parametrize("page", ["notifications", "notification"])
+    def test_a_delivery_that_moves_on_while_the_page_is_read_still_refreshes_it(
+        self, browser, account, service, engine, monkeypatch, page
+    ):
+        """On PostgreSQL a page's reads are separate snapshots (autocommit): a delivery
+        recorded between them must leave the page a stamp older than what it shows, never
+        newer, or the event stream never sends a different one and the page stays stale (seen
+        in CI: `sending` for good)."""
+        make_binding(
+            browser,
+            account,
+            service["sid"],
+            Identity="bob",
+            BindingType="sms",
+            Address="+15555550100",
+        )
+        sent = post_notification(browser, account, service["sid"], Identity="bob", Body="hi")
+        with engine.connect() as conn:
+            notification_id = conn.execute(
+                select(Notification.id).where(Notification.sid == sent["sid"])
+            ).scalar_one()
+
+        def statuses() -> set[str]:
+            with engine.connect() as conn:
+                found = conn.execute(
+                    select(Delivery.status).where(Delivery.notification_id == notification_id)
+                )
+                return set(found.scalars())
+
+        deadline = time.monotonic() + 10
+        while statuses() & {"pending", "sending"}:  # the worker is done with it
+            assert time.monotonic() < deadline, statuses()
+            time.sleep(0.05)
+
+        reads: list[str] = []
+
+        def moving_on(module, name):
+            read = getattr(module, name)
+
+            def wrapped(*args, **kwargs):
+                result = read(*args, **kwargs)
+                reads.append(name)
+                if len(reads) == 1:  # between the page's stamp and its content, either order
+                    with engine.begin() as conn:
+                        conn.execute(
+                            update(Delivery)
+                            .where(Delivery.notification_id == notification_id)
+                            .values(status="failed")
+                        )
+                return result
+
+            monkeypatch.setattr(module, name, wrapped)
+
+        path = f"/console/services/{service['sid']}/notifications"
+        if page == "notifications":
+            moving_on(watched, "service_stamp")
+            moving_on(watched, "delivery_summaries")
+        else:
+            path = f"{path}/{sent['sid']}"
+            moving_on(watched, "notification_stamp")
+            moving_on(notification_operations, "list_deliveries")
+        html = browser.get(path).text
+        assert len(reads) == 2, reads
+        with engine.connect() as conn:
+            if page == "notifications":
+                service_id = conn.execute(
+                    select(Service.id).where(Service.sid == service["sid"])
+                ).scalar_one()
+                now = watched.service_stamp(conn, service_id)
+            else:
+                now = watched.notification_stamp(conn, notification_id)
+        shown = re.search(r'data-stamp="([0-9a-f]+)"', html)
+        assert shown, html
+        assert 'class="status failed"' in html or shown[1] != now
 
     def test_the_send_form_uses_the_apis_rules_and_shows_their_errors(
         self, browser, account, service

@@ -218,9 +218,11 @@ async def _notifications_page(
     account_sid = session.account_sid
 
     def read(conn: Connection) -> tuple[Page[StoredNotification], dict[int, dict[str, int]], str]:
+        # The stamp before what it stands for (PostgreSQL reads are autocommit, each statement its
+        # own snapshot): a change between the two then refreshes the page, instead of being missed.
+        stamp = watched.service_stamp(conn, service.id)
         found = notifications.list_notifications(conn, account_sid, service_sid, query)
-        summaries = watched.delivery_summaries(conn, [n.id for n in found.items])
-        return found, summaries, watched.service_stamp(conn, service.id)
+        return found, watched.delivery_summaries(conn, [n.id for n in found.items]), stamp
 
     found, summaries, stamp = await web.read(request, read)
     return render(
@@ -306,10 +308,11 @@ async def show_notification(request: Request) -> Response:
 
     def read(conn: Connection) -> tuple[StoredNotification, Page[DeliveryRecord], str]:
         notification = notifications.get_notification(conn, account_sid, service_sid, sid)
+        stamp = watched.notification_stamp(conn, notification.id)  # first: see above
         found = notifications.list_deliveries(
             conn, account_sid, service_sid, sid, query, settings, box
         )
-        return notification, found, watched.notification_stamp(conn, notification.id)
+        return notification, found, stamp
 
     notification, found, stamp = await web.read(request, read)
     base = web.base_url(request)
