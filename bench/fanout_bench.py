@@ -307,12 +307,28 @@ def reset_database(url: str) -> None:
     from notify_server.models import Base
 
     if not url.startswith("sqlite"):
+        _create_if_missing(url)
         engine = make_engine(url)
         with engine.begin() as conn:
             Base.metadata.drop_all(conn)
             conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
         engine.dispose()
     migrate.upgrade(url)
+
+
+def _create_if_missing(url: str) -> None:
+    """The bench's own PostgreSQL database, made on a new machine (the server has `test`)."""
+    from sqlalchemy import create_engine, make_url, text
+
+    target = make_url(url)
+    engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        name = target.database
+        if not conn.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).first():
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
 
 
 def seed_bindings(

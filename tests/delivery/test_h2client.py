@@ -30,7 +30,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.settings import SettingCodes, Settings
-from hpack import NeverIndexedHeaderTuple
+from hpack import Decoder, NeverIndexedHeaderTuple
 
 from notify_server.delivery import h2client
 from notify_server.delivery.h2client import (
@@ -47,6 +47,10 @@ FAST_FAKE = Path(__file__).resolve().parents[2] / "bench" / "fake_apns_fast.mjs"
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
 APNS_HEADERS = {"apns-topic": "com.example.notify", "apns-push-type": "alert"}
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -479,6 +483,54 @@ class TestStreams:
                 assert kinds[b"authorization"] is not NeverIndexedHeaderTuple
 
         run(with_server(test))
+
+    def test_repeated_headers_reach_the_server_exactly_as_sent(self):
+        """The encoder copies what a header encoded to while HPACK's table is unchanged: what
+        the server decodes must still be each request's own headers, through new entries,
+        evictions (a 4 kB table, many 300-byte values) and values that change."""
+
+        async def test(server: ScriptedServer, client: H2Client) -> None:
+            sent = []
+            for i in range(300):
+                headers = {
+                    "authorization": f"bearer {'t' * 200}{i // 50}",  # a new token now and then
+                    "apns-id": f"id-{i}",
+                    "apns-topic": "com.example.app",
+                    "apns-collapse-id": f"{'c' * 300}{i % 17}",  # 17 of them: the table churns
+                    "apns-priority": "10" if i % 3 else "5",
+                }
+                body = b"x" * (i % 5)
+                sent.append((f"/ok/{i}".encode(), headers, body))
+            answers = await asyncio.gather(
+                *(client.request("POST", f"{server.url}{p.decode()}", h, b) for p, h, b in sent)
+            )
+            assert [a.status for a in answers] == [200] * len(sent)
+            received = {}
+            for request in server.request_headers:
+                decoded = {text(name): text(value) for name, value in request}
+                received[decoded[":path"]] = decoded
+            assert len(received) == len(sent)
+            for path, headers, body in sent:
+                got = received[path.decode()]
+                assert {name: got[name] for name in headers} == headers
+                assert got.get("content-length") == (str(len(body)) if body else None)
+
+        run(with_server(test))
+
+    def test_the_encoder_follows_a_smaller_table(self):
+        encoder = h2client._RepeatingEncoder()
+        decoder = Decoder()
+        token = (b"authorization", b"bearer " + b"t" * 200)
+        for size in (4096, 4096, 100, 100, 0, 4096, 4096):
+            encoder.header_table_size = size
+            decoder.max_allowed_table_size = 4096
+            block = encoder.encode([(b":method", b"POST"), token, (b"apns-topic", b"a.b")])
+            assert decoder.decode(block, raw=True) == [
+                (b":method", b"POST"),
+                token,
+                (b"apns-topic", b"a.b"),
+            ]
+        assert len(encoder.encode([token])) <= 2  # indexed again once the table had room
 
 
 class TestFailures:

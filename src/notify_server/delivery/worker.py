@@ -252,6 +252,9 @@ class DeliveryWorker:
             database, self._recorded, outcome_batch, outcome_window_seconds
         )
         self._wake_event: asyncio.Event | None = None
+        # Set when a send ends: one event, rather than asyncio.wait over every task in flight
+        # (which adds and removes a callback on each of them at every wake-up).
+        self._one_finished: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         # delivery id -> the task sending it; their leases are renewed while they run.
@@ -280,6 +283,7 @@ class DeliveryWorker:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
+        self._one_finished = asyncio.Event()
         # Callbacks go to tenants' endpoints: they run beside delivery, never in its way.
         helpers = [
             asyncio.create_task(self._callbacks.run()),
@@ -295,7 +299,10 @@ class DeliveryWorker:
 
     async def _deliver_due(self) -> None:
         concurrency = self._settings.worker_concurrency
+        one_finished = self._one_finished
+        assert one_finished is not None
         while not self._stopping:
+            one_finished.clear()
             free = concurrency - len(self._in_flight)
             # Claim in batches (at least half the slots free) rather than one row per answer,
             # and not while a batch of answers waits to be recorded (the database is behind).
@@ -311,11 +318,9 @@ class DeliveryWorker:
                 task.add_done_callback(functools.partial(self._finished, row.id))
             await self._renew_leases()
             if self._in_flight and (busy or len(self._in_flight) >= concurrency):
-                await asyncio.wait(
-                    self._in_flight.values(),
-                    timeout=self._lease_seconds / 3,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._lease_seconds / 3):
+                        await one_finished.wait()
             elif busy:  # only answers wait: for their record
                 await asyncio.sleep(OUTCOME_WINDOW_SECONDS)
             elif not claimed:
@@ -325,6 +330,8 @@ class DeliveryWorker:
 
     def _finished(self, delivery_id: int, _task: "asyncio.Task[None]") -> None:
         self._in_flight.pop(delivery_id, None)
+        if self._one_finished is not None:
+            self._one_finished.set()
         if not self._in_flight:  # the batch cannot grow for now: record it
             self.outcomes.flush_soon()
 
@@ -409,9 +416,8 @@ class DeliveryWorker:
         except Exception as exc:
             return Result(Outcome.RETRY, error_message=f"no channel: {exc!r}")
         try:
-            result = await asyncio.wait_for(
-                channel.send(job), self._settings.delivery_timeout_seconds
-            )
+            async with asyncio.timeout(self._settings.delivery_timeout_seconds):
+                result = await channel.send(job)
         except TimeoutError:
             result = Result(Outcome.RETRY, error_message=f"{channel.name}: no answer in time")
         except Exception as exc:  # a provider we cannot reach is a transient failure
