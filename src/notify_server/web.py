@@ -16,7 +16,7 @@ from notify_server.errors import BodyTooLarge, InvalidParameter, NotFound
 from notify_server.forms import ListQuery
 from notify_server.outbound import DestinationRefused, OutboundPolicy
 from notify_server.paging import Page
-from notify_server.wire import FormData, is_sid, page_envelope
+from notify_server.wire import JSON_DATES, FormData, is_sid, page_envelope
 
 
 def path_sid(request: Request, name: str, prefix: str) -> str:
@@ -155,7 +155,9 @@ def base_url(request: Request) -> str:
 
 
 def json_response(body: dict, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    return Response(
+        orjson.dumps(body, option=JSON_DATES), status_code=status, media_type="application/json"
+    )
 
 
 def no_content() -> Response:

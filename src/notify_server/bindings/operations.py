@@ -1,8 +1,8 @@
 """Twilio's rules for Bindings, named after the spec's operationIds."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import Connection
 
@@ -19,8 +19,7 @@ MAX_BINDINGS_PER_IDENTITY = 20
 FIXED_FORMAT_VERSION = "default"
 
 
-@dataclass(frozen=True)
-class BindingRecord:
+class BindingRecord(NamedTuple):  # a tuple: a list page makes fifty of them
     sid: str
     account_sid: str
     service_sid: str

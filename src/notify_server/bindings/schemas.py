@@ -5,7 +5,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from notify_server.errors import InvalidParameter
 from notify_server.forms import CredentialSid, Form, IsoDate, ListQuery, Text64, Text1024
-from notify_server.wire import format_date, quote_segment
+from notify_server.wire import quote_segment
 
 if TYPE_CHECKING:
     from notify_server.bindings.operations import BindingRecord
@@ -74,8 +74,8 @@ def binding_resource(record: "BindingRecord", base_url: str) -> dict[str, Any]:
         "address": record.address,
         "binding_type": record.binding_type,
         "credential_sid": record.credential_sid,
-        "date_created": format_date(record.date_created),
-        "date_updated": format_date(record.date_updated),
+        "date_created": record.date_created,  # rendered by web.json_response (JSON_DATES)
+        "date_updated": record.date_updated,
         "endpoint": record.endpoint,
         "identity": record.identity,
         "notification_protocol_version": record.notification_protocol_version,
