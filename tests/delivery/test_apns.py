@@ -821,15 +821,15 @@ class TestBuildHeaders:
         assert (headers["apns-expiration"], headers["apns-priority"]) == ("0", "5")
 
     def test_apns_id_is_per_delivery(self):
-        one, other = make_job(), Job(**{**make_job().__dict__, "delivery_id": 43})
-        again = Job(**{**make_job().__dict__, "attempt": 2})
+        one, other = make_job(), make_job()._replace(delivery_id=43)
+        again = make_job()._replace(attempt=2)
         ids = [build_headers(job, {})["apns-id"] for job in (one, other, again)]
         assert ids[0] == ids[2] != ids[1]
         assert uuid.UUID(ids[0]).version == 5
 
     def test_apns_id_is_uuid5_of_the_notification_and_delivery(self):
         for delivery_id in (*range(0, 2000, 7), 2**40, 2**63 - 1):
-            job = Job(**{**make_job().__dict__, "delivery_id": delivery_id})
+            job = make_job()._replace(delivery_id=delivery_id)
             expected = uuid.uuid5(APNS_ID_NAMESPACE, f"{job.notification_sid}/{delivery_id}")
             assert apns_id(job) == str(expected)
 
@@ -887,7 +887,7 @@ class TestProviderToken:
             True,
             {"token_key": TOKEN_KEY, "key_id": KEY_ID, "team_id": TEAM_ID, "bundle_id": BUNDLE_ID},
         )
-        job = Job(**{**make_job(body="b").__dict__, "credential": credential})
+        job = make_job(body="b")._replace(credential=credential)
 
         async def send_three() -> list[Outcome]:
             outcomes = [(await channel.send(job)).outcome]
@@ -912,7 +912,7 @@ class TestProviderToken:
             False,
             {"token_key": TOKEN_KEY, "key_id": KEY_ID, "team_id": TEAM_ID, "bundle_id": BUNDLE_ID},
         )
-        job = Job(**{**make_job(body="b").__dict__, "credential": credential})
+        job = make_job(body="b")._replace(credential=credential)
 
         async def send() -> Any:
             try:
