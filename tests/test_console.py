@@ -489,6 +489,7 @@ class TestNotifications:
             moving_on(notification_operations, "list_deliveries")
         html = browser.get(path).text
         assert len(reads) == 2, reads
+        monkeypatch.undo()  # the stamp of now, read unwrapped
         with engine.connect() as conn:
             if page == "notifications":
                 service_id = conn.execute(
