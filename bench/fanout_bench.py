@@ -544,6 +544,22 @@ def _frame(frame: str) -> str:
     return f"{name} ({'/'.join(parts[-2:])})" if where else name
 
 
+def raw_h2_rate(args: argparse.Namespace, workdir: Path) -> float | None:
+    """The raw `h2` client of bench/h2_senders.py against the same fast fake, pinned the same
+    way, right after a delivery run: the reference the pipeline's rate is compared with."""
+    out = workdir / "raw-h2.json"
+    argv = [sys.executable, str(REPO / "bench" / "h2_senders.py"), "--only", "c-raw-h2"]
+    argv += ["--skip-ceilings", "-n", str(args.raw_h2_requests), "--repeats", "1"]
+    argv += ["--busy-wait", "0", "--json", str(out)] + ([] if args.pin else ["--no-pin"])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not out.exists():
+        print(f"  raw h2 client: failed ({done.stderr.strip().splitlines()[-1:]})")
+        return None
+    rate = float(json.loads(out.read_text())["senders"]["c-raw-h2"]["rate"])
+    print(f"  raw h2 client against the same fake, right after: {rate:,.0f} req/s")
+    return rate
+
+
 def run_database(
     kind: str, args: argparse.Namespace, workdir: Path, tree: str, src: Path, workers: int
 ) -> dict[str, Any]:
@@ -711,6 +727,8 @@ def run_database(
                 print(f"  profile ({profile_path}):")
                 print("\n".join(profile_summary(profile_path)))
     engine.dispose()
+    if args.raw_h2_requests and result.get("finished") and args.fake == "node":
+        result["raw_h2_per_second"] = raw_h2_rate(args, workdir)
     return result
 
 
@@ -885,6 +903,13 @@ def print_summary(results: list[dict[str, Any]], load: tuple[float, float, float
         now, base = rates.get(("current", kind, 1)), rates.get(("baseline", kind, 1))
         if now and base:
             print(f"deliveries/s, current / baseline, {kind}: {now / base:.2f}x")
+    for r in results:
+        raw = r.get("raw_h2_per_second")
+        if raw and r.get("deliveries_per_second"):
+            print(
+                f"deliveries/s / the raw h2 client's req/s right after, {r['tree']}"
+                f" {r['database']} {r['processes']}p: {r['deliveries_per_second'] / raw:.2f}x"
+            )
     one, two = rates.get(("current", "postgresql", 1)), rates.get(("current", "postgresql", 2))
     if one and two:
         print(f"deliveries/s, PostgreSQL, 2 processes / 1: {two / one:.2f}x")
@@ -910,6 +935,12 @@ def main(argv: list[str] | None = None) -> int:
         help="delivery processes on PostgreSQL, current tree: serve + N-1 `notify-server worker`",
     )
     parser.add_argument("--fake", choices=("node", "python"), default="node")
+    parser.add_argument(
+        "--raw-h2-requests",
+        type=int,
+        default=20_000,
+        help="after each run, the raw h2 client sends this many to the fast fake (0: not run)",
+    )
     parser.add_argument(
         "--worker-concurrency", type=int, default=None, help="default: the server's (64)"
     )

@@ -46,9 +46,14 @@ def configure_logging(level: str = "info") -> None:
     quiet_secret_loggers()
 
 
+_SECRET_LOGGERS = ("hpack", "jh2.hpack")
+
+
 def quiet_secret_loggers() -> None:
-    # hpack logs every HTTP/2 header it encodes at DEBUG, bearer tokens included.
-    logging.getLogger("hpack").setLevel(logging.INFO)
+    # hpack (and jh2's copy of it, where its Rust one is missing) logs every HTTP/2 header it
+    # encodes at DEBUG, bearer tokens included.
+    for name in _SECRET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def uvicorn_log_config(level: str) -> dict[str, Any]:
@@ -69,7 +74,6 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
             "uvicorn": {"handlers": [], "propagate": True},
             "uvicorn.error": {"handlers": [], "propagate": True},
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "CRITICAL"},
-            # hpack logs every HTTP/2 header it encodes at DEBUG, bearer tokens included.
-            "hpack": {"level": "INFO"},
+            **{name: {"level": "INFO"} for name in _SECRET_LOGGERS},
         },
     }

@@ -36,6 +36,10 @@ class Answer:
     reason: str | None = None
     # Drop the connection instead of answering (a reset, as a crashed front end does).
     reset: bool = False
+    # Instead of echoing the request's apns-id / instead of {"reason": ...}: a provider's
+    # malformed bytes.
+    apns_id: str | None = None
+    body: bytes | None = None
 
 
 OK = Answer()
@@ -219,15 +223,15 @@ def _respond(conn: H2Connection, stream_id: int, request: ApnsRequest, answer: A
     # APNs echoes the request's apns-id, or makes one up.
     headers = [
         (":status", str(answer.status)),
-        ("apns-id", request.headers.get("apns-id") or str(uuid.uuid4()).upper()),
+        ("apns-id", answer.apns_id or request.headers.get("apns-id") or str(uuid.uuid4()).upper()),
     ]
-    if answer.status == 200:
+    if answer.status == 200 and answer.body is None:
         conn.send_headers(stream_id, headers, end_stream=True)
         return
     error: dict[str, Any] = {"reason": answer.reason or "InternalServerError"}
     if answer.status == 410:
         error["timestamp"] = int(time.time() * 1000)
-    body = json.dumps(error).encode()
+    body = json.dumps(error).encode() if answer.body is None else answer.body
     conn.send_headers(
         stream_id,
         [*headers, ("content-type", "application/json"), ("content-length", str(len(body)))],

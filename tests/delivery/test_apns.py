@@ -507,6 +507,35 @@ class TestProviderAnswers:
         assert fetch_binding(api, account, service_sid, binding["sid"]).status_code == 200
         assert len(fakes.sandbox.requests) == 1
 
+    def test_an_answer_with_bytes_the_database_refuses_is_still_recorded(self, api, fakes, account):
+        # NUL in the body and the reason (PostgreSQL refuses NUL in text), an apns-id with a
+        # control character and another over the column's 256 characters: each answer is
+        # recorded once, and nothing is sent again.
+        service_sid = apn_service(api, account, token_credential(api, account))
+        answers = {
+            "sent": Answer(200, apns_id="id\x01with-a-control-character", body=b"ok\x00"),
+            "long-id": Answer(200, apns_id="x" * 300),
+            "refused": Answer(400, body=b'{"reason":"Bad\\u0000Topic"}'),
+        }
+        bindings = {}
+        for name, answer in answers.items():
+            bindings[name] = apn_binding(api, account, service_sid, Identity=f"u-{name}")
+            fakes.sandbox.script(bindings[name]["address"], answer)
+        notification = notify(api, account, service_sid, Tag="all", Body="hi")
+        rows = {
+            row["binding_sid"]: row
+            for row in wait_final(api, account, service_sid, notification["sid"])
+        }
+
+        sent, long_id, refused = (rows[bindings[name]["sid"]] for name in answers)
+        assert (sent["status"], sent["attempts"], sent["provider_message_id"]) == ("sent", 1, None)
+        assert sent["provider_response"] == "ok\ufffd"
+        assert (long_id["status"], long_id["provider_message_id"]) == ("sent", "x" * 256)
+        assert (refused["status"], refused["attempts"]) == ("failed", 1)
+        assert refused["error_message"] == "APNs answered 400 Bad\ufffdTopic"
+        assert refused["provider_response"] == '{"reason":"Bad\\u0000Topic"}'
+        assert len(fakes.sandbox.requests) == 3
+
     @pytest.mark.parametrize(
         "answer", [Answer(500, "InternalServerError"), Answer(429, "TooManyRequests")]
     )

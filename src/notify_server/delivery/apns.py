@@ -182,7 +182,7 @@ class ApnsChannel:
 
     def _answer(self, response: Response, token_cache_key: tuple[str, str, str] | None) -> Result:
         status = response.status
-        text = response.body[:RESPONSE_LIMIT].decode(errors="replace") or None
+        text = response.text(RESPONSE_LIMIT)
         if status == 200:
             return Result(
                 Outcome.SENT,

@@ -201,7 +201,7 @@ def _cache_key(account: dict[str, str]) -> tuple[str, str]:
 def answer(response: Response) -> Result:
     """An FCM v1 answer as a delivery result."""
     status = response.status
-    text = response.body.decode(errors="replace")[:MAX_RESPONSE_CHARS]
+    text = response.text(MAX_RESPONSE_CHARS)
     body = _json(response.body)
     if status == 200:
         name = body.get("name") if isinstance(body, dict) else None

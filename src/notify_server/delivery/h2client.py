@@ -1,8 +1,10 @@
-"""The HTTP/2 client the push channels send with (APNs, FCM v1): the `h2` state machine on an
-asyncio Protocol, one multiplexed connection per origin.
+"""The HTTP/2 client the push channels send with (APNs, FCM v1): the `jh2` state machine on
+an asyncio Protocol, one multiplexed connection per origin.
 
 Why not httpx: its layers (anyio, the connection pool, per-request locks, events and response
 objects) cost about 1,200 µs of CPU per push where this costs under 200 (bench/H2_SENDERS.md).
+Why jh2: it is h2 (same API, same state machine) with HPACK in Rust; h2's pure-Python HPACK
+was a fifth of a push's CPU, decoding answers' headers above all.
 
 What it does: TLS with ALPN h2 for https:// (h2 with prior knowledge for http://, which the
 tests' fakes speak); waits for the server's SETTINGS before the first request and keeps within
@@ -27,70 +29,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-from hpack import Encoder, NeverIndexedHeaderTuple
-from hpack.table import HeaderTable
+import jh2.config
+import jh2.connection
+import jh2.errors
+import jh2.events
+import jh2.exceptions
+import jh2.settings
+from jh2.hpack import NeverIndexedHeaderTuple
 
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
 # Header values unique to one request (APNs' apns-id): indexing them in HPACK's 4 kB table only
-# evicts what repeats (the ~200-byte provider token above all), which then costs a re-encode.
+# evicts what repeats (the ~200-byte provider token above all), which then goes in full again.
 DEFAULT_NEVER_INDEXED = frozenset({"apns-id"})
-_REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
-_CANCEL = h2.errors.ErrorCodes.CANCEL
+_REFUSED_STREAM = jh2.errors.ErrorCodes.REFUSED_STREAM
+_CANCEL = jh2.errors.ErrorCodes.CANCEL
 # Requests the server never processed are retried on a new connection this many times.
 _UNPROCESSED_RETRIES = 2
-
-
-class _VersionedTable(HeaderTable):
-    """HPACK's header table, counting its changes: what an encoding stands for holds until the
-    next one."""
-
-    version = 0
-
-    def add(self, name: bytes, value: bytes) -> None:
-        self.version += 1
-        super().add(name, value)
-
-    @property
-    def maxsize(self) -> int:
-        return HeaderTable.maxsize.fget(self)  # type: ignore[attr-defined,no-any-return]
-
-    @maxsize.setter
-    def maxsize(self, newmax: int) -> None:
-        self.version += 1
-        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
-
-
-class _RepeatingEncoder(Encoder):
-    """hpack's encoder for requests that repeat their headers (a push's method, authority,
-    token, topic): while the table is unchanged, a header encodes to the bytes it did last
-    time, so they are copied rather than encoded again. Values sent never-indexed are the ones
-    unique to a request (:path, apns-id): they go as plain literals, not Huffman-coded, a few
-    bytes more for half the CPU (bench/H2_SENDERS.md)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.header_table: _VersionedTable = _VersionedTable()
-        self._encoded: dict[tuple[bytes, bytes], bytes] = {}
-        self._version = 0
-
-    def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
-        if sensitive:
-            return super().add(to_add, sensitive, huffman=False)
-        table = self.header_table
-        if table.version != self._version:
-            self._encoded.clear()
-            self._version = table.version
-        encoded = self._encoded.get(to_add)
-        if encoded is None:
-            # Kept until the table changes: by this very add, if it was a new entry.
-            encoded = self._encoded[to_add] = super().add(to_add, sensitive, huffman)
-        return encoded
 
 
 class H2Error(Exception):
@@ -107,7 +61,7 @@ class ConnectionLost(H2Error):
 
 class StreamReset(H2Error):
     def __init__(self, code: int) -> None:
-        name = getattr(h2.errors._error_code_from_int(code), "name", code)
+        name = getattr(jh2.errors._error_code_from_int(code), "name", code)
         super().__init__(f"the server reset the stream ({name})")
         self.code = code
 
@@ -117,6 +71,10 @@ class RequestTimeout(H2Error):
 
 
 class ResponseTooLarge(H2Error):
+    pass
+
+
+class MalformedResponse(H2Error):
     pass
 
 
@@ -135,11 +93,19 @@ class Response:
     body: bytes
 
     def header(self, name: str) -> str | None:
+        """The header's value; None without one, or for one with control characters (h2's
+        checks of inbound headers are off: these are the provider's bytes, bound for the
+        database)."""
         wanted = name.encode()
         for key, value in self.headers:
             if key == wanted:
-                return value.decode("latin-1")
+                text = value.decode("latin-1")
+                return text if text.isprintable() else None
         return None
+
+    def text(self, limit: int) -> str | None:
+        """The body's first `limit` characters as text (None if empty)."""
+        return self.body.decode(errors="replace")[:limit] or None
 
 
 @dataclass(slots=True)
@@ -156,22 +122,25 @@ class _Connection(asyncio.Protocol):
         self._client = client
         self._authority = authority
         self._scheme = scheme
-        config = h2.config.H2Configuration(
+        config = jh2.config.H2Configuration(
             client_side=True,
             header_encoding=None,
             # The channels build every header themselves, lower-case: not re-checked per request
-            # (and not normalised: h2 would send `authorization` never-indexed, re-encoding the
-            # provider token on every request).
+            # (and not normalised: h2 would send `authorization` never-indexed, so the provider
+            # token would go in full on every request).
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            # Nor are the answers' headers run through h2's eight checking generators (an
+            # eighth of a push's CPU): only `:status` is read, and checked here (_status).
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
         )
-        self._h2 = h2.connection.H2Connection(config)
-        self._h2.encoder = _RepeatingEncoder()
-        self._h2.local_settings = h2.settings.Settings(
+        self._h2 = jh2.connection.H2Connection(config)
+        self._h2.local_settings = jh2.settings.Settings(
             client=True,
             initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: DEFAULT_MAX_RESPONSE_BYTES,
+                jh2.settings.SettingCodes.ENABLE_PUSH: 0,
+                jh2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: DEFAULT_MAX_RESPONSE_BYTES,
             },
         )
         self._loop = asyncio.get_running_loop()
@@ -214,25 +183,30 @@ class _Connection(asyncio.Protocol):
         self._last_received = self._loop.time()
         try:
             events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+        except jh2.exceptions.ProtocolError as exc:
             self._fail_all(ConnectionLost(f"HTTP/2 protocol error: {exc}"))
             self._flush()
             self._abort()
             return
         for event in events:
-            if isinstance(event, h2.events.ConnectionTerminated):
+            if isinstance(event, jh2.events.ConnectionTerminated):
                 # First: the requests it leaves unprocessed then wake (and queue for the next
                 # connection) before those woken by this read's answers send their next ones,
                 # or a server whose GOAWAY stops short of the newest streams would refuse the
                 # same retried requests on every new connection.
                 self._goaway(event.last_stream_id or 0, event.error_code or 0)
         for event in events:
-            if isinstance(event, h2.events.ResponseReceived):
+            if isinstance(event, jh2.events.ResponseReceived):
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
-                    stream.headers = event.headers
-                    stream.status = int(event.headers[0][1])  # h2 checked :status comes first
-            elif isinstance(event, h2.events.DataReceived):
+                    status = _status(event.headers)
+                    if status is None:
+                        malformed = MalformedResponse("the response has no valid :status first")
+                        self._reset(event.stream_id, stream, malformed)
+                    else:
+                        stream.headers = event.headers
+                        stream.status = status
+            elif isinstance(event, jh2.events.DataReceived):
                 self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
@@ -245,7 +219,7 @@ class _Connection(asyncio.Protocol):
                                 f"the response body is over {self._client.max_response_bytes} bytes"
                             ),
                         )
-            elif isinstance(event, h2.events.StreamEnded):
+            elif isinstance(event, jh2.events.StreamEnded):
                 stream = self._streams.pop(event.stream_id, None)
                 if stream is not None:
                     self._blocked.discard(event.stream_id)
@@ -253,7 +227,7 @@ class _Connection(asyncio.Protocol):
                         response = Response(stream.status, stream.headers, bytes(stream.received))
                         stream.future.set_result(response)
                     self._stream_closed()
-            elif isinstance(event, h2.events.StreamReset):
+            elif isinstance(event, jh2.events.StreamReset):
                 stream = self._streams.pop(event.stream_id, None)
                 if stream is not None:
                     self._blocked.discard(event.stream_id)
@@ -263,9 +237,9 @@ class _Connection(asyncio.Protocol):
                     if not stream.future.done():
                         stream.future.set_exception(error)
                     self._stream_closed()
-            elif isinstance(event, h2.events.WindowUpdated):
+            elif isinstance(event, jh2.events.WindowUpdated):
                 self._resume_bodies(event.stream_id)
-            elif isinstance(event, h2.events.RemoteSettingsChanged):
+            elif isinstance(event, jh2.events.RemoteSettingsChanged):
                 # A larger initial window may unblock bodies; a new stream limit, waiters.
                 remote_limit = self._h2.remote_settings.max_concurrent_streams
                 self._stream_limit = min(self._client.max_streams, remote_limit)
@@ -273,7 +247,7 @@ class _Connection(asyncio.Protocol):
                 self._wake_waiters()
                 if not self.ready.done():
                     self.ready.set_result(None)
-            elif isinstance(event, h2.events.PingAckReceived):
+            elif isinstance(event, jh2.events.PingAckReceived):
                 self._ping_sent_at = None
         self._flush()
 
@@ -333,7 +307,7 @@ class _Connection(asyncio.Protocol):
         try:
             stream_id = self._h2.get_next_available_stream_id()
             self._h2.send_headers(stream_id, all_headers, end_stream=not body)
-        except h2.exceptions.H2Error as exc:  # e.g. stream ids used up: a new connection
+        except jh2.exceptions.H2Error as exc:  # e.g. stream ids used up: a new connection
             self._closed = _NotSent(f"no new stream: {exc}")
             self._close_when_idle()
             raise self._closed from None
@@ -416,7 +390,7 @@ class _Connection(asyncio.Protocol):
         """We give up on a stream: RST_STREAM (CANCEL), and it no longer counts."""
         self._streams.pop(stream_id, None)
         self._blocked.discard(stream_id)
-        with contextlib.suppress(h2.exceptions.H2Error):  # already closed on h2's side
+        with contextlib.suppress(jh2.exceptions.H2Error):  # already closed on h2's side
             self._h2.reset_stream(stream_id, _CANCEL)
         if error is not None and not stream.future.done():
             stream.future.set_exception(error)
@@ -655,6 +629,15 @@ class H2Client:
                 origin.connecting.cancel()
             if origin.connection is not None:
                 await origin.connection.close()
+
+
+def _status(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A final response's status: its first header, three digits (h2 routes 1xx elsewhere)."""
+    if headers and headers[0][0] == b":status":
+        value = headers[0][1]
+        if len(value) == 3 and value.isdigit() and value[0] in b"2345":
+            return int(value)
+    return None
 
 
 def _retrieve(task: "asyncio.Task[Any]") -> None:

@@ -34,6 +34,7 @@ from notify_server.wire import utcnow_precise
 log = logging.getLogger("notify_server.delivery")
 
 MAX_BACKOFF_SECONDS = 3600
+MESSAGE_ID_LENGTH = 256  # deliveries.provider_message_id
 _CREDENTIAL_CACHE_SECONDS = 60.0
 # Answers are recorded when this many wait, or when the oldest has waited this long, or when
 # nothing else is in flight; this bounds what a kill -9 can make us send again
@@ -54,10 +55,10 @@ def outcome_of(row: Row, result: Result, now: datetime) -> dict[str, Any]:
     """What recording `result` writes to the row (repository.OUTCOME_COLUMNS)."""
     outcome: dict[str, Any] = {
         "delivery_id": row.id,
-        "provider_message_id": result.provider_message_id,
+        "provider_message_id": _storable(result.provider_message_id, MESSAGE_ID_LENGTH),
         "provider_status": result.provider_status,
-        "provider_response": result.provider_response,
-        "error_message": result.error_message,
+        "provider_response": _storable(result.provider_response),
+        "error_message": _storable(result.error_message),
         "next_attempt_at": None,
         "now": now,
     }
@@ -72,6 +73,17 @@ def outcome_of(row: Row, result: Result, now: datetime) -> dict[str, Any]:
                 f"TTL expired after {row.attempts} attempts; last: {result.error_message}"
             )
     return outcome
+
+
+def _storable(text: str | None, limit: int | None = None) -> str | None:
+    """A provider's text as the outbox can hold it: PostgreSQL refuses NUL in text, and a
+    value over the column's length; refused, the answer could never be recorded and the push
+    would be sent again after every lease."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return text[:limit] if limit is not None else text
 
 
 class _Answer:
