@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notify_server.errors import InternalError, twilio_error_response
 from notify_server.metrics import Metrics
-from notify_server.wire import new_sid
+from notify_server.wire import new_request_id
 
 access_log = logging.getLogger("notify_server.access")
 log = logging.getLogger("notify_server")
@@ -51,7 +51,7 @@ class Edge:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = new_sid("RQ")
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         path: str = scope["path"]
         if path.endswith(".json"):

@@ -21,7 +21,7 @@ from uvicorn.server import ServerState
 from notify_server.config import get_settings
 from notify_server.edge import CORS_HEADERS
 from notify_server.errors import TwilioError
-from notify_server.wire import new_sid
+from notify_server.wire import new_request_id
 
 log = logging.getLogger("notify_server")
 
@@ -283,7 +283,7 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _answer(self, error: TwilioError) -> None:
-        request_id = new_sid("RQ")
+        request_id = new_request_id()
         body = orjson.dumps(error.body())
         content = [STATUS_LINE[error.status]]
         # The headers every other response carries (the Edge middleware adds them there).

@@ -1,6 +1,7 @@
 """Twilio's wire formats: SIDs, dates, form bodies, paging envelopes."""
 
 import os
+import random
 import re
 from collections.abc import Iterable, KeysView, Mapping
 from datetime import UTC, datetime
@@ -14,6 +15,14 @@ SID_HEX = re.compile(r"[0-9a-fA-F]{32}")
 def new_sid(prefix: str) -> str:
     # Twilio SIDs are a two-letter prefix and 32 lower-case hex digits (128 random bits).
     return prefix + os.urandom(16).hex()
+
+
+def new_request_id() -> str:
+    """A Twilio-Request-Id (RQ + 32 hex digits) for every response. Not os.urandom, as the
+    SIDs of what is stored are: it releases the GIL, and the event loop, handing it to a
+    database thread on every request, then waited to get it back. A request id names a log
+    line; it guards nothing, so Python's own generator (reseeded in every forked child) does."""
+    return f"RQ{random.getrandbits(128):032x}"
 
 
 def is_sid(value: str | None, prefix: str) -> bool:
