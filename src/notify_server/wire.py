@@ -18,10 +18,11 @@ def new_sid(prefix: str) -> str:
 
 
 def new_request_id() -> str:
-    """A Twilio-Request-Id (RQ + 32 hex digits) for every response. Not os.urandom, as the
-    SIDs of what is stored are: it releases the GIL, and the event loop, handing it to a
-    database thread on every request, then waited to get it back. A request id names a log
-    line; it guards nothing, so Python's own generator (reseeded in every forked child) does."""
+    """A Twilio-Request-Id (RQ + 32 hex digits) for every response. Not from os.urandom, as
+    stored SIDs are: os.urandom releases the GIL, so the event loop, which makes one of these
+    per request, handed the GIL to a waiting database thread each time and then waited to get
+    it back. A request id names a log line and guards nothing: Python's own generator
+    (reseeded in every forked child) will do."""
     return f"RQ{random.getrandbits(128):032x}"
 
 
