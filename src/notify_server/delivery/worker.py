@@ -27,14 +27,15 @@ from notify_server.delivery.channel_set import ChannelSet
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
 from notify_server.delivery.expansion import Expander
 from notify_server.metrics import Metrics
-from notify_server.notifications.repository import FAILED, PENDING, SENT
+from notify_server.notifications.repository import FAILED, PENDING, SENT, deliveries
 from notify_server.outbound import OutboundPolicy
 from notify_server.wire import utcnow_precise
 
 log = logging.getLogger("notify_server.delivery")
 
 MAX_BACKOFF_SECONDS = 3600
-MESSAGE_ID_LENGTH = 256  # deliveries.provider_message_id
+# What deliveries.provider_message_id holds (a String's length).
+MESSAGE_ID_LENGTH: int = deliveries.c.provider_message_id.type.length  # type: ignore[attr-defined]
 _CREDENTIAL_CACHE_SECONDS = 60.0
 # Answers are recorded when this many wait, or when the oldest has waited this long, or when
 # nothing else is in flight; this bounds what a kill -9 can make us send again
