@@ -8,15 +8,19 @@ Query message.
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 
 from notify_server.app import create_app
 from notify_server.config import Settings
+from notify_server.db import make_engine, transaction
+from notify_server.delivery import repository
+from notify_server.wire import utcnow_precise
 from tests.factories import Account, make_account, make_credential, make_service
 
 _WAITS = re.compile(r"^F\t\d+\t(Sync|Query)\b", re.MULTILINE)
@@ -165,3 +169,58 @@ def test_a_list_page_is_one_round_trip(traced, account) -> None:
     missing = client.get(f"/v1/Services/IS{'0' * 32}/Bindings", auth=account.auth)
     assert missing.status_code == 404
     assert trace.round_trips() == 2
+
+
+def statuses(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT status, count(*) FROM deliveries GROUP BY 1"))
+        return {status: count for status, count in rows}
+
+
+def test_a_workers_claim_is_one_round_trip_and_so_is_its_record(traced, account, settings) -> None:
+    client, trace = traced
+    service = make_service(client, account)
+    targets = [f'{{"binding_type": "apn", "address": "token-{i}"}}' for i in range(5)]
+    notified = client.post(
+        f"/v1/Services/{service['sid']}/Notifications",
+        data={"ToBinding": targets, "Body": "x"},
+        auth=account.auth,
+    )
+    assert notified.status_code == 201, notified.text
+    engine = make_engine(settings.database_url)  # connects now, traced
+    try:
+        with transaction(engine, write=True) as conn:
+            conn.execute(text("SELECT 1"))
+        trace.round_trips()
+
+        now = utcnow_precise()
+        with transaction(engine, write=True) as conn:
+            claimed = repository.claim(
+                conn, now=now, lease_until=now + timedelta(seconds=30), limit=3
+            )
+        # BEGIN, the claim (what to take, the take, and what sending it needs), COMMIT.
+        assert trace.round_trips() == 1
+        assert [row.address for row in claimed] == ["token-0", "token-1", "token-2"]
+        assert {row.service_sid for row in claimed} == {service["sid"]}
+        assert statuses(engine) == {"sending": 3, "pending": 2}
+
+        outcomes = [
+            {
+                "delivery_id": row.id,
+                "status": "sent",
+                "provider_message_id": f"apns-{row.id}",
+                "provider_status": 200,
+                "provider_response": None,
+                "error_message": None,
+                "next_attempt_at": None,
+                "now": now,
+            }
+            for row in claimed
+        ]
+        trace.round_trips()
+        with transaction(engine, write=True) as conn:
+            repository.record_outcomes(conn, outcomes, [])
+        assert trace.round_trips() == 1
+        assert statuses(engine) == {"sent": 3, "pending": 2}
+    finally:
+        engine.dispose()

@@ -485,7 +485,7 @@ def flush_deferred(connection: Connection) -> None:
         return
     # The statements and the COMMIT: one round trip.
     rows = [(statement, row) for statement, statement_rows in deferred for row in statement_rows]
-    send_together(connection, [*rows, (_COMMIT, _NO_PARAMS)])
+    send_together(connection, [*rows, (COMMIT, _NO_PARAMS)])
 
 
 def send_together(
@@ -596,7 +596,7 @@ class Prepared:
 
 
 _BEGIN = Prepared(text("BEGIN"))
-_COMMIT = Prepared(text("COMMIT"))
+COMMIT = Prepared(text("COMMIT"))
 
 
 def _as_sqlalchemy_error(conn: Connection, error: Exception) -> Exception:

@@ -5,6 +5,7 @@ where the queue's head is when it posts, so another account's single target is c
 the next batch however many targets the first account queued, while each account's own
 notifications go out in the order it posted them."""
 
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -135,6 +136,28 @@ def test_retries_and_first_attempts_share_each_batch(api, engine):
     # When one kind runs out, the other takes the whole batch.
     assert [b.count(fresh_sid) for b in batches] == [5, 5, 5, 5, 0, 0]
     assert batches[4] == batches[5] == [retry_sid] * BATCH
+
+
+def test_dead_workers_rows_come_first_then_retries_and_first_attempts_share_the_rest(api, engine):
+    dead, failing, fresh = make_account(engine), make_account(engine), make_account(engine)
+    dead_sid = notify_all(api, dead, service_with(api, dead, 3))
+    with engine.begin() as conn:  # its worker died: sending, the lease over
+        conn.execute(
+            update(deliveries).values(
+                status="sending", attempts=1, next_attempt_at=utcnow_precise()
+            )
+        )
+    retry_sid = notify_all(api, failing, service_with(api, failing, 2))
+    with engine.begin() as conn:
+        conn.execute(update(deliveries).where(deliveries.c.status == "pending").values(attempts=1))
+    fresh_sid = notify_all(api, fresh, service_with(api, fresh, 20))
+
+    batches = claim_batches(engine, 3)
+
+    # 3 expired; of the 7 left, the 2 retries (fewer than half) and 5 first attempts.
+    assert Counter(batches[0]) == {dead_sid: 3, retry_sid: 2, fresh_sid: 5}
+    assert batches[1] == [fresh_sid] * BATCH
+    assert batches[2] == [fresh_sid] * 5
 
 
 def test_every_row_is_claimed_exactly_once(api, engine):

@@ -24,7 +24,7 @@ from notify_server.db import Database, make_engine
 from notify_server.delivery.channels import Job, Outcome, Result
 from notify_server.delivery.worker import DeliveryWorker
 from notify_server.notifications.models import Delivery
-from notify_server.wire import utcnow
+from notify_server.wire import utcnow, utcnow_precise
 from tests.factories import Account, make_binding, make_credential, make_service
 
 deliveries: Table = Delivery.__table__  # type: ignore[assignment]
@@ -514,6 +514,85 @@ class TestLease:
         row = only_row(engine)
         assert (row.status, row.attempts) == ("sent", 1)
         assert sum(channel.sends.values()) == 1
+
+
+def statuses(engine: Engine) -> Counter[tuple[str, int]]:
+    return Counter((row.status, row.attempts) for row in outbox(engine))
+
+
+class TestClaimAhead:
+    """The next batch is claimed while one is sent, so sends never wait out a claim's round
+    trips; rows claimed but not yet sent go back to the queue when the worker stops."""
+
+    CONCURRENCY = 4
+
+    def _held(self, api, account, service_sid, worker_settings, rows: int):
+        targets = [
+            json.dumps({"binding_type": "apn", "address": f"token-{i:02d}"}) for i in range(rows)
+        ]
+        notify(api, account, service_sid, ToBinding=targets)
+        settings = worker_settings.model_copy(
+            update={"worker_concurrency": self.CONCURRENCY, "delivery_timeout_seconds": 30.0}
+        )
+        gate = asyncio.Event()
+
+        async def held_send(job: Job, call: int) -> Result:
+            await gate.wait()
+            return SENT
+
+        return settings, gate, FakeChannel(held_send)
+
+    def test_the_next_batch_is_claimed_while_one_is_in_flight(
+        self, api, engine, worker_settings, box, account, service_sid
+    ):
+        settings, gate, channel = self._held(api, account, service_sid, worker_settings, 12)
+
+        async def scenario(worker: DeliveryWorker) -> None:
+            # Every slot sending, and as many rows again claimed and waiting for a slot.
+            await until(lambda: statuses(engine)[("sending", 1)] == 2 * self.CONCURRENCY)
+            await asyncio.sleep(0.1)  # and no more than that
+            assert statuses(engine) == {("sending", 1): 8, ("pending", 0): 4}
+            assert len(channel.jobs) == self.CONCURRENCY
+            gate.set()
+            await until(lambda: all_final(engine))
+
+        run_worker(engine, settings, box, channel, scenario)
+        assert statuses(engine) == {("sent", 1): 12}
+        assert set(channel.sends.values()) == {1}
+
+    def test_stopping_gives_back_the_rows_claimed_but_not_sent(
+        self, api, engine, worker_settings, box, account, service_sid
+    ):
+        settings, gate, channel = self._held(api, account, service_sid, worker_settings, 12)
+        database = Database(engine)
+
+        async def main() -> None:
+            worker = DeliveryWorker(database, settings, box, channels=FakeChannels(channel))
+            task = asyncio.create_task(worker.run())
+            await until(lambda: statuses(engine)[("sending", 1)] == 2 * self.CONCURRENCY)
+            stopping = asyncio.create_task(worker.stop())
+            # Those waiting for a slot are due again at once, untried, while the ones in
+            # flight still are.
+            await until(lambda: statuses(engine)[("pending", 0)] == 8)
+            assert statuses(engine) == {("sending", 1): 4, ("pending", 0): 8}
+            gate.set()
+            await asyncio.wait_for(stopping, 10)
+            await asyncio.wait_for(task, 5)
+
+        try:
+            asyncio.run(main())
+        finally:
+            database.close()
+        assert statuses(engine) == {("sent", 1): 4, ("pending", 0): 8}
+        assert len(channel.jobs) == self.CONCURRENCY
+        now = utcnow_precise()
+        assert all(row.next_attempt_at <= now for row in outbox(engine) if row.status == "pending")
+
+        # Another worker sends them, each once.
+        sent_later = FakeChannel(answers(SENT))
+        run_worker(engine, worker_settings, box, sent_later)
+        assert statuses(engine) == {("sent", 1): 12}
+        assert not set(sent_later.sends) & {job.delivery_id for job in channel.jobs}
 
 
 class TestTwoWorkers:

@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     Connection,
@@ -16,13 +16,15 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    text,
     update,
 )
+from sqlalchemy.dialects import postgresql
 
 from notify_server.accounts.models import Account
 from notify_server.bindings.models import Binding
 from notify_server.credentials.models import Credential
-from notify_server.db import Prepared, driver_connection
+from notify_server.db import COMMIT, Prepared, send_together
 from notify_server.notifications.models import FRESH, LEASED, RETRY
 from notify_server.notifications.repository import (
     FAILED,
@@ -83,17 +85,41 @@ _TAKE = (
 )
 
 
-def claim(conn: Connection, *, now: datetime, lease_until: datetime, limit: int) -> list[Row]:
+class Claimed(NamedTuple):
+    """A claimed row, and what sending it needs of its notification and service."""
+
+    id: int
+    attempts: int
+    binding_type: str
+    address: str
+    identity: str | None
+    binding_sid: str | None
+    binding_id: int | None
+    expires_at: datetime
+    reported: bool
+    credential_sid: str | None
+    notification_sid: str
+    account_sid: str
+    content: str
+    service_sid: str
+    messaging_service_sid: str | None
+
+
+def claim(conn: Connection, *, now: datetime, lease_until: datetime, limit: int) -> list[Claimed]:
     """Take up to `limit` due rows: sending ones whose lease ran out (their worker died) first,
     so they are never starved; then retries and first attempts, half the batch each when both
     wait, so neither a wave of retries nor a large fan-out holds up the other. SKIP LOCKED
     lets several workers share PostgreSQL without double delivery; on SQLite the write
     transaction itself is exclusive."""
-    ids = list(conn.execute(_EXPIRED, {"now": now, "limit": limit}).scalars())
+    params = {"now": now, "lease_until": lease_until, "limit": limit}
+    if conn.dialect.name == "postgresql":
+        # One round trip: BEGIN, the claim, COMMIT (the transaction then has nothing left).
+        rows = send_together(conn, [(_CLAIM_PG, params), (COMMIT, {})])[0]
+        return [Claimed._make(row) for row in rows]
+    ids = list(conn.execute(_EXPIRED, params).scalars())
     if len(ids) < limit:
-        retries = list(
-            conn.execute(_RETRIES, {"now": now, "limit": max((limit - len(ids)) // 2, 1)}).scalars()
-        )
+        room = limit - len(ids)
+        retries = list(conn.execute(_RETRIES, {"now": now, "limit": max(room // 2, 1)}).scalars())
         ids += retries
         ids += conn.execute(_FRESH, {"now": now, "limit": limit - len(ids)}).scalars()
         if len(ids) < limit and retries:
@@ -105,7 +131,63 @@ def claim(conn: Connection, *, now: datetime, lease_until: datetime, limit: int)
     if not ids:
         return []
     conn.execute(_TAKE, {"ids": ids, "now": now, "lease_until": lease_until})
-    return list(conn.execute(_JOBS, {"ids": ids}))
+    return [Claimed._make(row) for row in conn.execute(_JOBS, {"ids": ids})]
+
+
+_SERVICE_CREDENTIAL_SQL = service_credential_for(literal_column("taken.binding_type")).compile(
+    dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+)
+
+# claim() on PostgreSQL in one statement. Each kind locks up to the whole room, on its own
+# partial index; then retries keep up to half of it (at least one) and first attempts take
+# what the retries leave, as the three queries above do. Rows locked but not taken are free
+# again at the COMMIT sent with it.
+_CLAIM_PG = Prepared(
+    text(
+        f"""
+WITH expired AS MATERIALIZED (
+    SELECT id FROM deliveries WHERE {LEASED} AND next_attempt_at <= :now
+    ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED
+), room AS (
+    SELECT :limit - count(*) AS n FROM expired
+), retries AS MATERIALIZED (
+    SELECT id, next_attempt_at FROM deliveries WHERE {RETRY} AND next_attempt_at <= :now
+    ORDER BY next_attempt_at LIMIT (SELECT greatest(n, 0) FROM room) FOR UPDATE SKIP LOCKED
+), fresh AS MATERIALIZED (
+    SELECT id, fair_key FROM deliveries WHERE {FRESH} AND next_attempt_at <= :now
+    ORDER BY fair_key, id LIMIT (SELECT greatest(n, 0) FROM room) FOR UPDATE SKIP LOCKED
+), first_attempts AS (
+    SELECT least((SELECT count(*) FROM fresh),
+                 n - least((SELECT count(*) FROM retries), greatest(n / 2, 1))) AS n
+    FROM room
+), chosen AS (
+    SELECT id FROM expired
+    UNION ALL
+    SELECT id FROM (
+        SELECT id, row_number() OVER (ORDER BY next_attempt_at, id) AS k FROM retries
+    ) AS r WHERE k <= (SELECT room.n - first_attempts.n FROM room, first_attempts)
+    UNION ALL
+    SELECT id FROM (
+        SELECT id, row_number() OVER (ORDER BY fair_key, id) AS k FROM fresh
+    ) AS f WHERE k <= (SELECT n FROM first_attempts)
+), taken AS (
+    UPDATE deliveries AS d SET status = 'sending', attempts = d.attempts + 1,
+        next_attempt_at = :lease_until, date_updated = :now
+    FROM chosen WHERE d.id = chosen.id
+    RETURNING d.*
+)
+SELECT taken.id, taken.attempts, taken.binding_type, taken.address, taken.identity,
+    taken.binding_sid, taken.binding_id, taken.expires_at, taken.reported,
+    coalesce(taken.credential_sid, {_SERVICE_CREDENTIAL_SQL}),
+    notifications.sid, notifications.account_sid, notifications.content,
+    services.sid, services.messaging_service_sid
+FROM taken
+JOIN notifications ON notifications.id = taken.notification_id
+JOIN services ON services.id = taken.service_id
+ORDER BY taken.id
+"""
+    )
+)
 
 
 def renew_leases(conn: Connection, delivery_ids: Sequence[int], lease_until: datetime) -> None:
@@ -113,6 +195,15 @@ def renew_leases(conn: Connection, delivery_ids: Sequence[int], lease_until: dat
         update(deliveries)
         .where(deliveries.c.id.in_(delivery_ids), deliveries.c.status == SENDING)
         .values(next_attempt_at=lease_until)
+    )
+
+
+def release(conn: Connection, delivery_ids: Sequence[int], now: datetime) -> None:
+    """Rows claimed but never sent are due again, as they were before the claim."""
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id.in_(delivery_ids), LEASED)
+        .values(status=PENDING, attempts=deliveries.c.attempts - 1, next_attempt_at=now)
     )
 
 
@@ -186,7 +277,9 @@ _MARKS = {
 # PostgreSQL: a batch of outcomes in one statement, its rows as arrays (one plan for every
 # batch size). A retry keeps the row's provider_message_id and takes the next attempt's time;
 # sent and failed rows keep the lease's time, as one answer at a time did.
-_RECORD_OUTCOMES_PG = """
+_RECORD_OUTCOMES_PG = Prepared(
+    text(
+        """
 UPDATE deliveries AS d SET
     status = v.status,
     provider_message_id = CASE WHEN v.status = 'pending'
@@ -197,13 +290,17 @@ UPDATE deliveries AS d SET
     next_attempt_at = COALESCE(v.next_attempt_at, d.next_attempt_at),
     date_updated = v.now
 FROM unnest(
-    %(delivery_id)s::bigint[], %(status)s::varchar[], %(provider_message_id)s::varchar[],
-    %(provider_status)s::integer[], %(provider_response)s::text[], %(error_message)s::text[],
-    %(next_attempt_at)s::timestamp[], %(now)s::timestamp[]
+    CAST(:delivery_id AS bigint[]), CAST(:status AS varchar[]),
+    CAST(:provider_message_id AS varchar[]), CAST(:provider_status AS integer[]),
+    CAST(:provider_response AS text[]), CAST(:error_message AS text[]),
+    CAST(:next_attempt_at AS timestamp[]), CAST(:now AS timestamp[])
 ) AS v(delivery_id, status, provider_message_id, provider_status, provider_response,
        error_message, next_attempt_at, now)
 WHERE d.id = v.delivery_id AND d.status = 'sending'
 """
+    )
+)
+_DELETE_BINDINGS_PG = Prepared(text("DELETE FROM bindings WHERE id = ANY(CAST(:ids AS bigint[]))"))
 OUTCOME_COLUMNS = (
     "delivery_id",
     "status",
@@ -222,19 +319,23 @@ def record_outcomes(
     """Rows this worker is sending take their outcomes (each a mapping of OUTCOME_COLUMNS;
     `status` is sent, failed, or pending for a retry), and dead addresses' bindings go.
 
-    One UPDATE per batch on PostgreSQL; on SQLite one executemany per outcome kind, in the
-    same transaction (sqlite3 loops in C: as cheap as one statement with no round trips)."""
+    One UPDATE per batch on PostgreSQL, in the transaction's only round trip; on SQLite one
+    executemany per outcome kind (sqlite3 loops in C: as cheap as one statement with no round
+    trips). Bindings' outbox rows keep their address and binding_sid (binding_id goes NULL)."""
     if conn.dialect.name == "postgresql":
+        # One round trip: BEGIN, the record, the deletes, COMMIT.
         columns = {name: [outcome[name] for outcome in outcomes] for name in OUTCOME_COLUMNS}
-        driver_connection(conn).execute(_RECORD_OUTCOMES_PG, columns)
-    else:
-        by_status: dict[str, list[Mapping[str, Any]]] = {}
-        for outcome in outcomes:
-            by_status.setdefault(outcome["status"], []).append(outcome)
-        for status, rows in by_status.items():
-            _MARKS[status].execute_many(conn, rows)
+        statements = [(_RECORD_OUTCOMES_PG, columns)]
+        if dead_binding_ids:
+            statements.append((_DELETE_BINDINGS_PG, {"ids": list(dead_binding_ids)}))
+        send_together(conn, [*statements, (COMMIT, {})])
+        return
+    by_status: dict[str, list[Mapping[str, Any]]] = {}
+    for outcome in outcomes:
+        by_status.setdefault(outcome["status"], []).append(outcome)
+    for status, rows in by_status.items():
+        _MARKS[status].execute_many(conn, rows)
     if dead_binding_ids:
-        # Their outbox rows keep their address and binding_sid (binding_id goes NULL).
         conn.execute(delete(bindings).where(bindings.c.id.in_(dead_binding_ids)))
 
 

@@ -5,6 +5,7 @@ Every statement goes through `Database`, on its threads: a slow or locked databa
 claims and records, never the event loop (sends in flight, the API of the same process)."""
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 from sqlalchemy.exc import DataError, IntegrityError
 
 from notify_server.config import Settings
@@ -26,6 +27,7 @@ from notify_server.delivery.callbacks import CallbackReporter
 from notify_server.delivery.channel_set import ChannelSet
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
 from notify_server.delivery.expansion import Expander
+from notify_server.delivery.repository import Claimed
 from notify_server.metrics import Metrics
 from notify_server.notifications.repository import FAILED, PENDING, SENT, deliveries
 from notify_server.outbound import OutboundPolicy
@@ -52,7 +54,7 @@ def backoff(attempt: int) -> timedelta:
     return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
 
 
-def outcome_of(row: Row, result: Result, now: datetime) -> dict[str, Any]:
+def outcome_of(row: Claimed, result: Result, now: datetime) -> dict[str, Any]:
     """What recording `result` writes to the row (repository.OUTCOME_COLUMNS)."""
     outcome: dict[str, Any] = {
         "delivery_id": row.id,
@@ -92,7 +94,7 @@ class _Answer:
 
     __slots__ = ("outcome", "dead_binding_id", "owes_callback")
 
-    def __init__(self, row: Row, result: Result) -> None:
+    def __init__(self, row: Claimed, result: Result) -> None:
         self.outcome = outcome_of(row, result, utcnow_precise())
         dead = result.unregistered and self.outcome["status"] == FAILED
         self.dead_binding_id: int | None = row.binding_id if dead else None
@@ -135,7 +137,7 @@ class OutcomeRecorder:
         self._refusals = _content_errors(database)
         self.flushes = 0  # transactions that recorded answers (for tests and the bench)
 
-    def add(self, row: Row, result: Result) -> None:
+    def add(self, row: Claimed, result: Result) -> None:
         self._waiting.append(_Answer(row, result))
         self._due.set()
         if len(self._waiting) >= self.batch_size:
@@ -202,6 +204,12 @@ class OutcomeRecorder:
                 )
             )
 
+    async def release(self, delivery_ids: list[int], now: datetime) -> None:
+        async with self._lock:
+            await self._database.transaction(
+                functools.partial(repository.release, delivery_ids=delivery_ids, now=now)
+            )
+
     def _settle_events(self) -> None:
         if not self._waiting:
             self._due.clear()
@@ -264,12 +272,21 @@ class DeliveryWorker:
         self.outcomes = OutcomeRecorder(
             database, self._recorded, outcome_batch, outcome_window_seconds
         )
-        self._wake_event: asyncio.Event | None = None
-        # Set when a send ends: one event, rather than asyncio.wait over every task in flight
-        # (which adds and removes a callback on each of them at every wake-up).
-        self._one_finished: asyncio.Event | None = None
+        # Set when a send ends, a claim returns, answers are recorded or new rows are due:
+        # one event, rather than asyncio.wait over every task in flight (which adds and
+        # removes a callback on each of them at every wake-up).
+        self._progress: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        # Claimed rows not yet being sent: the next batch is claimed while one is in flight,
+        # so sends never wait out a claim's round trips.
+        self._ready: collections.deque[Claimed] = collections.deque()
+        self._claiming: asyncio.Task[list[Claimed]] | None = None
+        # After a claim found nothing due, none until then (the poll) or a wake-up; a
+        # wake-up during a claim counts (the claim may have read before the new rows).
+        self._next_claim_at = 0.0
+        self._wake_ups = 0
+        self._wake_ups_at_claim = 0
         # delivery id -> the task sending it; their leases are renewed while they run.
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._leases_renewed_at = 0.0
@@ -283,8 +300,14 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         """New rows are due: skip the rest of the poll interval."""
-        if self._wake_event is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake_event.set)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        self._next_claim_at = 0.0
+        self._wake_ups += 1
+        if self._progress is not None:
+            self._progress.set()
 
     def created(self, *, deliveries: int, expanding: bool) -> None:
         """A notification was committed: send what it wrote now, expand the rest now."""
@@ -295,8 +318,7 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._wake_event = asyncio.Event()
-        self._one_finished = asyncio.Event()
+        self._progress = asyncio.Event()
         # Callbacks go to tenants' endpoints: they run beside delivery, never in its way.
         helpers = [
             asyncio.create_task(self._callbacks.run()),
@@ -312,48 +334,63 @@ class DeliveryWorker:
 
     async def _deliver_due(self) -> None:
         concurrency = self._settings.worker_concurrency
-        one_finished = self._one_finished
-        assert one_finished is not None
+        progress = self._progress
+        assert progress is not None
         while not self._stopping:
-            one_finished.clear()
-            free = concurrency - len(self._in_flight)
-            # Claim in batches (at least half the slots free) rather than one row per answer,
-            # and not while a batch of answers waits to be recorded (the database is behind).
-            busy = free * 2 < concurrency or self.outcomes.unrecorded >= self.outcomes.batch_size
-            try:
-                claimed = [] if busy else await self._claim(free)
-            except Exception:
-                log.exception("claiming deliveries failed; retrying")
-                claimed = []
-            for row in claimed:
-                task = asyncio.create_task(self._deliver(row))
-                self._in_flight[row.id] = task
-                task.add_done_callback(functools.partial(self._finished, row.id))
+            progress.clear()
+            if self._claiming is not None and self._claiming.done():
+                self._take_claimed(self._claiming)
+            if self._claiming is None and time.monotonic() >= self._next_claim_at:
+                # Room for a batch (at least half the slots) beside what is in flight and
+                # ready, and no batch of answers waiting to be recorded (the database is
+                # behind). Before the sends start: its statements go out first.
+                room = 2 * concurrency - len(self._in_flight) - len(self._ready)
+                if room * 2 >= concurrency and self.outcomes.unrecorded < self.outcomes.batch_size:
+                    self._wake_ups_at_claim = self._wake_ups
+                    self._claiming = asyncio.create_task(self._claim(min(room, concurrency)))
+                    self._claiming.add_done_callback(lambda _task: progress.set())
+            while self._ready and len(self._in_flight) < concurrency:
+                self._start(self._ready.popleft())
             await self._renew_leases()
-            if self._in_flight and (busy or len(self._in_flight) >= concurrency):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._lease_seconds / 3):
-                        await one_finished.wait()
-            elif busy:  # only answers wait: for their record
-                await asyncio.sleep(OUTCOME_WINDOW_SECONDS)
-            elif not claimed:
-                await self._idle()
-            else:
-                await asyncio.sleep(0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._wait_seconds()):
+                    await progress.wait()
+
+    def _take_claimed(self, claiming: "asyncio.Task[list[Claimed]]") -> None:
+        self._claiming = None
+        try:
+            rows = claiming.result()
+        except Exception:
+            log.exception("claiming deliveries failed; retrying")
+            rows = []
+        if rows:
+            self._ready.extend(rows)
+        elif self._wake_ups == self._wake_ups_at_claim:  # nothing due: the poll, or new rows
+            self._next_claim_at = time.monotonic() + self._settings.worker_poll_seconds
+
+    def _start(self, row: Claimed) -> None:
+        task = asyncio.create_task(self._deliver(row))
+        self._in_flight[row.id] = task
+        task.add_done_callback(functools.partial(self._finished, row.id))
+
+    def _wait_seconds(self) -> float:
+        """Until the loop must look again though nothing happened: the next poll, the next
+        lease renewal, or (while answers hold up claims) their record."""
+        seconds = self._lease_seconds / 3
+        if self._claiming is None:
+            until_poll = self._next_claim_at - time.monotonic()
+            if until_poll > 0:
+                seconds = min(seconds, until_poll)
+            if self.outcomes.unrecorded >= self.outcomes.batch_size:
+                seconds = min(seconds, OUTCOME_WINDOW_SECONDS)
+        return seconds
 
     def _finished(self, delivery_id: int, _task: "asyncio.Task[None]") -> None:
         self._in_flight.pop(delivery_id, None)
-        if self._one_finished is not None:
-            self._one_finished.set()
+        if self._progress is not None:
+            self._progress.set()
         if not self._in_flight:  # the batch cannot grow for now: record it
             self.outcomes.flush_soon()
-
-    async def _idle(self) -> None:
-        assert self._wake_event is not None
-        timeout = min(self._settings.worker_poll_seconds, self._lease_seconds / 3)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake_event.wait(), timeout)
-        self._wake_event.clear()
 
     @property
     def _lease_seconds(self) -> float:
@@ -365,7 +402,7 @@ class DeliveryWorker:
         the rows of one that died."""
         if time.monotonic() - self._leases_renewed_at < self._lease_seconds / 3:
             return
-        ids = [*self._in_flight, *self.outcomes.unrecorded_ids()]
+        ids = [*self._in_flight, *(row.id for row in self._ready), *self.outcomes.unrecorded_ids()]
         if not ids:
             return
         self._leases_renewed_at = time.monotonic()
@@ -381,8 +418,21 @@ class DeliveryWorker:
         self._stopping = True
         self.wake()
         deadline = time.monotonic() + timeout
+        if self._claiming is not None:
+            await asyncio.wait([self._claiming], timeout=timeout)
+            if self._claiming.done():
+                self._take_claimed(self._claiming)
+        if self._ready:  # claimed, never sent: due again now, for this worker or another
+            ids = [row.id for row in self._ready]
+            self._ready.clear()
+            try:
+                await self.outcomes.release(ids, utcnow_precise())
+            except Exception:
+                log.exception("%d claimed deliveries not released: due after their lease", len(ids))
         if self._in_flight:
-            await asyncio.wait(self._in_flight.values(), timeout=timeout)
+            await asyncio.wait(
+                self._in_flight.values(), timeout=max(deadline - time.monotonic(), 0.1)
+            )
         delay = _RECORD_RETRY_SECONDS[0]
         while not await self.outcomes.flush():
             if time.monotonic() + delay > deadline:
@@ -397,7 +447,7 @@ class DeliveryWorker:
         await self._channels.aclose()
         await self._callbacks.stop(max(deadline - time.monotonic(), 0.1))
 
-    async def _claim(self, limit: int) -> list[Row]:
+    async def _claim(self, limit: int) -> list[Claimed]:
         if limit <= 0:
             return []
         now = utcnow_precise()
@@ -406,7 +456,7 @@ class DeliveryWorker:
             functools.partial(repository.claim, now=now, lease_until=lease_until, limit=limit)
         )
 
-    async def _deliver(self, row: Row) -> None:
+    async def _deliver(self, row: Claimed) -> None:
         try:
             try:
                 job = await self._job(row)
@@ -439,7 +489,7 @@ class DeliveryWorker:
             self._metrics.count_delivery(channel.name, result.outcome.value)
         return result
 
-    async def _job(self, row: Row) -> Job:
+    async def _job(self, row: Claimed) -> Job:
         credential = (
             await self._credential(row.account_sid, row.credential_sid)
             if row.credential_sid
@@ -479,6 +529,8 @@ class DeliveryWorker:
         return credential
 
     def _recorded(self, batch: "list[_Answer]") -> None:
+        if self._progress is not None:  # claims may have waited for this record
+            self._progress.set()
         if any(answer.owes_callback for answer in batch):  # report them soon
             self._callbacks.wake()
 
