@@ -20,6 +20,7 @@ from notify_server.app import create_app
 from notify_server.config import Settings
 from notify_server.db import make_engine, transaction
 from notify_server.delivery import repository
+from notify_server.notifications import repository as notifications_repository
 from notify_server.wire import utcnow_precise
 from tests.factories import Account, make_account, make_credential, make_service
 
@@ -222,5 +223,43 @@ def test_a_workers_claim_is_one_round_trip_and_so_is_its_record(traced, account,
             repository.record_outcomes(conn, outcomes, [])
         assert trace.round_trips() == 1
         assert statuses(engine) == {"sent": 3, "pending": 2}
+    finally:
+        engine.dispose()
+
+
+def test_a_chunk_of_a_fan_out_is_four_round_trips(traced, account, settings) -> None:
+    client, trace = traced
+    service = make_service(client, account)
+    url = f"/v1/Services/{service['sid']}/Bindings"
+    for i in range(5):
+        data = {"Identity": f"user-{i}", "BindingType": "apn", "Address": f"a{i}", "Tag": "t"}
+        assert client.post(url, data=data, auth=account.auth).status_code == 201
+    chunked = settings.model_copy(update={"fanout_chunk_size": 2, "worker_enabled": False})
+    with TestClient(create_app(chunked)) as small_chunks:
+        notified = small_chunks.post(
+            f"/v1/Services/{service['sid']}/Notifications",
+            data={"Tag": "t", "Body": "x"},
+            auth=account.auth,
+        )
+    assert notified.status_code == 201, notified.text
+    engine = make_engine(settings.database_url)
+    try:
+        with transaction(engine, write=True) as conn:
+            conn.execute(text("SELECT 1"))
+        trace.round_trips()
+
+        with transaction(engine, write=True) as conn:
+            written = notifications_repository.expand_next(conn, limit=2, now=utcnow_precise())
+        # The expansion; the chunk's end with the fair queue's clock and head; the INSERT;
+        # the cursor's and the clock's advance with the COMMIT.
+        assert trace.round_trips() == 4
+        assert written == 2
+        assert statuses(engine) == {"pending": 4}
+        with engine.connect() as conn:
+            after = conn.execute(text("SELECT after_binding_id FROM expansions")).scalar_one()
+            newest_written = conn.execute(
+                text("SELECT max(binding_id) FROM deliveries")
+            ).scalar_one()
+        assert after == newest_written
     finally:
         engine.dispose()

@@ -149,7 +149,7 @@ class TestTheRequest:
     def test_listing_while_expanding_shows_the_rows_written_so_far(self, api, engine, account):
         service_sid = service_with(api, engine, account, 25)
         sid = notify(api, account, service_sid)
-        with engine.begin() as conn:
+        with transaction(engine, write=True) as conn:
             repository.expand_next(conn, limit=CHUNK, now=utcnow_precise())
 
         rows = listed(api, account, service_sid, sid)
@@ -229,14 +229,14 @@ class TestWorkers:
 
         # Prepared statements raise the driver's own error.
         refused = (IntegrityError, engine.dialect.loaded_dbapi.IntegrityError)
-        with pytest.raises(refused), engine.begin() as conn:
+        with pytest.raises(refused), transaction(engine, write=True) as conn:
             repository.expand_next(conn, limit=CHUNK, now=utcnow_precise())
         assert set(outbox_rows(engine).values()) == {1}
 
     def test_service_deleted_mid_expansion(self, api, engine, account):
         service_sid = service_with(api, engine, account, 50)
         notify(api, account, service_sid)
-        with engine.begin() as conn:
+        with transaction(engine, write=True) as conn:
             repository.expand_next(conn, limit=CHUNK, now=utcnow_precise())
 
         response = api.delete(f"/v1/Services/{service_sid}", auth=account.auth)
@@ -272,8 +272,8 @@ class TestWorkers:
         self, api, engine, account, other_account
     ):
         big_sid = notify(api, account, service_with(api, engine, account, 200))
-        with engine.begin() as conn:  # a few chunks in, as workers would be
-            for _ in range(3):
+        for _ in range(3):  # a few chunks in, as workers would be: one a transaction
+            with transaction(engine, write=True) as conn:
                 repository.expand_next(conn, limit=CHUNK, now=utcnow_precise())
         small_sid = notify(api, other_account, service_with(api, engine, other_account, 1))
         expand(engine)
