@@ -150,13 +150,20 @@ def test_errors_found_by_the_probe_cost_no_more(traced, account) -> None:
     assert trace.round_trips() == 4
 
 
-def test_a_list_page_is_one_round_trip(traced, account) -> None:
-    client, trace = traced
+def service_with_tagged_bindings(client: TestClient, account: Account, count: int) -> dict:
+    """A service with `count` apn bindings tagged `t`, user-0 first."""
     service = make_service(client, account)
     url = f"/v1/Services/{service['sid']}/Bindings"
-    for i in range(3):
+    for i in range(count):
         data = {"Identity": f"user-{i}", "BindingType": "apn", "Address": f"a{i}", "Tag": "t"}
         assert client.post(url, data=data, auth=account.auth).status_code == 201
+    return service
+
+
+def test_a_list_page_is_one_round_trip(traced, account) -> None:
+    client, trace = traced
+    service = service_with_tagged_bindings(client, account, 3)
+    url = f"/v1/Services/{service['sid']}/Bindings"
     trace.round_trips()
 
     page = client.get(url, params={"Tag": "t", "PageSize": 2}, auth=account.auth)
@@ -172,13 +179,26 @@ def test_a_list_page_is_one_round_trip(traced, account) -> None:
     assert trace.round_trips() == 2
 
 
+@pytest.fixture
+def worker_engine(traced, settings: Settings) -> Iterator[Engine]:
+    """An engine of the test's own, as a worker's, its connection traced and warmed up."""
+    _, trace = traced
+    engine = make_engine(settings.database_url)
+    with transaction(engine, write=True) as conn:
+        conn.execute(text("SELECT 1"))
+    yield engine
+    engine.dispose()
+
+
 def statuses(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT status, count(*) FROM deliveries GROUP BY 1"))
         return {status: count for status, count in rows}
 
 
-def test_a_workers_claim_is_one_round_trip_and_so_is_its_record(traced, account, settings) -> None:
+def test_a_workers_claim_is_one_round_trip_and_so_is_its_record(
+    traced, account, worker_engine
+) -> None:
     client, trace = traced
     service = make_service(client, account)
     targets = [f'{{"binding_type": "apn", "address": "token-{i}"}}' for i in range(5)]
@@ -188,52 +208,41 @@ def test_a_workers_claim_is_one_round_trip_and_so_is_its_record(traced, account,
         auth=account.auth,
     )
     assert notified.status_code == 201, notified.text
-    engine = make_engine(settings.database_url)  # connects now, traced
-    try:
-        with transaction(engine, write=True) as conn:
-            conn.execute(text("SELECT 1"))
-        trace.round_trips()
+    engine = worker_engine
+    trace.round_trips()
 
-        now = utcnow_precise()
-        with transaction(engine, write=True) as conn:
-            claimed = repository.claim(
-                conn, now=now, lease_until=now + timedelta(seconds=30), limit=3
-            )
-        # BEGIN, the claim (what to take, the take, and what sending it needs), COMMIT.
-        assert trace.round_trips() == 1
-        assert [row.address for row in claimed] == ["token-0", "token-1", "token-2"]
-        assert {row.service_sid for row in claimed} == {service["sid"]}
-        assert statuses(engine) == {"sending": 3, "pending": 2}
+    now = utcnow_precise()
+    with transaction(engine, write=True) as conn:
+        claimed = repository.claim(conn, now=now, lease_until=now + timedelta(seconds=30), limit=3)
+    # BEGIN, the claim (what to take, the take, and what sending it needs), COMMIT.
+    assert trace.round_trips() == 1
+    assert [row.address for row in claimed] == ["token-0", "token-1", "token-2"]
+    assert {row.service_sid for row in claimed} == {service["sid"]}
+    assert statuses(engine) == {"sending": 3, "pending": 2}
 
-        outcomes = [
-            {
-                "delivery_id": row.id,
-                "status": "sent",
-                "provider_message_id": f"apns-{row.id}",
-                "provider_status": 200,
-                "provider_response": None,
-                "error_message": None,
-                "next_attempt_at": None,
-                "now": now,
-            }
-            for row in claimed
-        ]
-        trace.round_trips()
-        with transaction(engine, write=True) as conn:
-            repository.record_outcomes(conn, outcomes, [])
-        assert trace.round_trips() == 1
-        assert statuses(engine) == {"sent": 3, "pending": 2}
-    finally:
-        engine.dispose()
+    answers = [
+        {
+            "delivery_id": row.id,
+            "status": "sent",
+            "provider_message_id": f"apns-{row.id}",
+            "provider_status": 200,
+            "provider_response": None,
+            "error_message": None,
+            "next_attempt_at": None,
+            "now": now,
+        }
+        for row in claimed
+    ]
+    trace.round_trips()
+    with transaction(engine, write=True) as conn:
+        repository.record_outcomes(conn, answers, [])
+    assert trace.round_trips() == 1
+    assert statuses(engine) == {"sent": 3, "pending": 2}
 
 
-def test_a_chunk_of_a_fan_out_is_four_round_trips(traced, account, settings) -> None:
+def test_a_chunk_of_a_fan_out_is_four_round_trips(traced, account, settings, worker_engine) -> None:
     client, trace = traced
-    service = make_service(client, account)
-    url = f"/v1/Services/{service['sid']}/Bindings"
-    for i in range(5):
-        data = {"Identity": f"user-{i}", "BindingType": "apn", "Address": f"a{i}", "Tag": "t"}
-        assert client.post(url, data=data, auth=account.auth).status_code == 201
+    service = service_with_tagged_bindings(client, account, 5)
     chunked = settings.model_copy(update={"fanout_chunk_size": 2, "worker_enabled": False})
     with TestClient(create_app(chunked)) as small_chunks:
         notified = small_chunks.post(
@@ -242,24 +251,17 @@ def test_a_chunk_of_a_fan_out_is_four_round_trips(traced, account, settings) -> 
             auth=account.auth,
         )
     assert notified.status_code == 201, notified.text
-    engine = make_engine(settings.database_url)
-    try:
-        with transaction(engine, write=True) as conn:
-            conn.execute(text("SELECT 1"))
-        trace.round_trips()
+    engine = worker_engine
+    trace.round_trips()
 
-        with transaction(engine, write=True) as conn:
-            written = notifications_repository.expand_next(conn, limit=2, now=utcnow_precise())
-        # The expansion; the chunk's end with the fair queue's clock and head; the INSERT;
-        # the cursor's and the clock's advance with the COMMIT.
-        assert trace.round_trips() == 4
-        assert written == 2
-        assert statuses(engine) == {"pending": 4}
-        with engine.connect() as conn:
-            after = conn.execute(text("SELECT after_binding_id FROM expansions")).scalar_one()
-            newest_written = conn.execute(
-                text("SELECT max(binding_id) FROM deliveries")
-            ).scalar_one()
-        assert after == newest_written
-    finally:
-        engine.dispose()
+    with transaction(engine, write=True) as conn:
+        written = notifications_repository.expand_next(conn, limit=2, now=utcnow_precise())
+    # The expansion; the chunk's end with the fair queue's clock and head; the INSERT;
+    # the cursor's and the clock's advance with the COMMIT.
+    assert trace.round_trips() == 4
+    assert written == 2
+    assert statuses(engine) == {"pending": 4}
+    with engine.connect() as conn:
+        after = conn.execute(text("SELECT after_binding_id FROM expansions")).scalar_one()
+        newest_written = conn.execute(text("SELECT max(binding_id) FROM deliveries")).scalar_one()
+    assert after == newest_written
