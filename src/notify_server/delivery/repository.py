@@ -1,4 +1,6 @@
-"""Every SQL statement of the delivery worker. Flushes, never commits."""
+"""Every SQL statement of the delivery worker. Flushes, never commits, except on PostgreSQL
+where a claim and a batch of answers are a whole transaction: there the COMMIT goes in the
+same round trip."""
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -113,7 +115,9 @@ def claim(conn: Connection, *, now: datetime, lease_until: datetime, limit: int)
     transaction itself is exclusive."""
     params = {"now": now, "lease_until": lease_until, "limit": limit}
     if conn.dialect.name == "postgresql":
-        # One round trip: BEGIN, the claim, COMMIT (the transaction then has nothing left).
+        # One round trip: BEGIN, the claim, COMMIT. A connection lost after the COMMIT is
+        # retried as one lost before it: the rows taken then wait out their lease (late,
+        # never sent twice).
         rows = send_together(conn, [(_CLAIM_PG, params), (COMMIT, {})])[0]
         return [Claimed._make(row) for row in rows]
     ids = list(conn.execute(_EXPIRED, params).scalars())
