@@ -2,7 +2,10 @@
 
 POST declares create-binding's form fields with FastAPI's own `Form()` parameters and an
 `HTTPBasic` dependency (the declarative style notify-server avoids), then answers a fixed 201
-body; GET answers a fixed body. Both use notify-server's URL shapes, so routing costs the same,
+body; GET answers a fixed body. The list (information only: the issue's list target is
+against the fixed GET) is what a plain FastAPI app does for a page: `HTTPBasic`, `Query()`
+parameters, and a Pydantic response model of PageSize bindings built per request from
+constants, no database. Both use notify-server's URL shapes, so routing costs the same,
 and a body of about the size of a real binding, so writing the response costs the same.
 
 Served like `notify-server serve`: uvicorn.run, one worker, httptools + uvloop when installed,
@@ -12,11 +15,13 @@ log level "warning" (which is how notify-server silences its access log), no Ser
 """
 
 import argparse
+from datetime import datetime
 from typing import Annotated
 
 import uvicorn
-from fastapi import Depends, FastAPI, Form
+from fastapi import Depends, FastAPI, Form, Query
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel
 from starlette.responses import Response
 
 _SERVICE = "IS" + "0" * 32
@@ -55,6 +60,72 @@ async def create_binding(
 @app.get("/v1/Services/{service_sid}/Bindings/{sid}")
 async def fetch_binding(service_sid: str, sid: str) -> Response:
     return Response(BINDING_BODY, media_type="application/json")
+
+
+class BareBinding(BaseModel):
+    account_sid: str
+    address: str
+    binding_type: str
+    credential_sid: str | None
+    date_created: datetime
+    date_updated: datetime
+    endpoint: str | None
+    identity: str
+    notification_protocol_version: str
+    service_sid: str
+    sid: str
+    tags: list[str]
+    links: dict[str, str]
+    url: str
+
+
+class BarePage(BaseModel):
+    bindings: list[BareBinding]
+    meta: dict[str, str | int | None]
+
+
+_CREATED = datetime(2024, 1, 1)
+
+
+@app.get("/v1/Services/{service_sid}/Bindings")
+async def list_bindings(
+    service_sid: str,
+    credentials: Annotated[HTTPBasicCredentials, Depends(basic)],
+    PageSize: Annotated[int, Query(ge=1, le=1000)] = 50,
+    Tag: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies defaults
+    Identity: Annotated[list[str], Query()] = [],  # noqa: B006
+) -> BarePage:
+    base = f"http://127.0.0.1:8000/v1/Services/{service_sid}"
+    bindings = [
+        BareBinding(
+            account_sid=_ACCOUNT,
+            address=f"a-bench-0-{i}",
+            binding_type="apn",
+            credential_sid=None,
+            date_created=_CREATED,
+            date_updated=_CREATED,
+            endpoint=None,
+            identity=f"u-bench-0-{i}",
+            notification_protocol_version="3",
+            service_sid=service_sid,
+            sid=f"BS{i:032d}",
+            tags=["alpha", "beta"],
+            links={"user": f"{base}/Users/u-bench-0-{i}"},
+            url=f"{base}/Bindings/BS{i:032d}",
+        )
+        for i in range(PageSize)
+    ]
+    url = f"{base}/Bindings?PageSize={PageSize}&Page=0"
+    meta = {
+        "page": 0,
+        "page_size": PageSize,
+        "first_page_url": url,
+        "previous_page_url": None,
+        "url": url,
+        "next_page_url": f"{url}&PageToken=PT{PageSize}",
+        "key": "bindings",
+    }
+    return BarePage(bindings=bindings, meta=meta)
 
 
 @app.get("/healthz")

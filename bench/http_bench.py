@@ -89,7 +89,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
 @dataclass(frozen=True)
 class Scenario:
     name: str  # the base name, plus @variant for a server other than the base one
-    base: str  # bare-post, create, bare-get, fetch, list, deep-first, deep-page
+    base: str  # bare-post, create, bare-get, fetch, bare-list, list, deep-first, deep-page
     label: str
     server: str  # "bare", or a variant's server key
     kind: str  # "create" (one distinct binding per request) or "get"
@@ -101,6 +101,7 @@ BASE_SCENARIOS = (
     ("create", "create-binding", "create"),
     ("bare-get", "bare GET", "get"),
     ("fetch", "fetch-binding", "get"),
+    ("bare-list", "bare list, Pydantic page of 50", "get"),
     ("list", "list-bindings PageSize=50", "get"),
     ("deep-first", "list 1M, page 1", "get"),
     ("deep-page", "list 1M, page 10,000", "get"),
@@ -617,6 +618,7 @@ def ratios(servers: list[Variant]) -> list[tuple[str, str, float | None]]:
         ("deep-page", "deep-first", DEEP_VS_FIRST),
         ("deep-first", "bare-get", None),
         ("fetch", "bare-get", None),
+        ("list", "bare-list", None),
     ]
 
     def named(base: str, variant: Variant) -> str:
