@@ -28,6 +28,8 @@ from notify_server.app import create_app
 from notify_server.config import Settings
 from notify_server.db import make_engine, transaction
 from notify_server.delivery import repository
+from notify_server.delivery.channels import Outcome, Result
+from notify_server.delivery.worker import outcome_of
 from notify_server.models import Base
 
 KEY = Fernet.generate_key().decode()
@@ -95,16 +97,7 @@ def deliver_all(url: str, batch: int) -> tuple[float, int]:
         if not claimed:
             break
         outcomes = [
-            {
-                "delivery_id": row.id,
-                "status": "sent",
-                "provider_message_id": f"apns-{row.id}",
-                "provider_status": 200,
-                "provider_response": None,
-                "error_message": None,
-                "next_attempt_at": None,
-                "now": now,
-            }
+            outcome_of(row, Result(Outcome.SENT, f"apns-{row.id}", provider_status=200), now)
             for row in claimed
         ]
         with transaction(engine, write=True) as conn:

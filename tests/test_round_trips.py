@@ -20,6 +20,8 @@ from notify_server.app import create_app
 from notify_server.config import Settings
 from notify_server.db import make_engine, transaction
 from notify_server.delivery import repository
+from notify_server.delivery.channels import Outcome, Result
+from notify_server.delivery.worker import outcome_of
 from notify_server.notifications import repository as notifications_repository
 from notify_server.wire import utcnow_precise
 from tests.factories import Account, make_account, make_credential, make_service
@@ -221,16 +223,7 @@ def test_a_workers_claim_is_one_round_trip_and_so_is_its_record(
     assert statuses(engine) == {"sending": 3, "pending": 2}
 
     answers = [
-        {
-            "delivery_id": row.id,
-            "status": "sent",
-            "provider_message_id": f"apns-{row.id}",
-            "provider_status": 200,
-            "provider_response": None,
-            "error_message": None,
-            "next_attempt_at": None,
-            "now": now,
-        }
+        outcome_of(row, Result(Outcome.SENT, f"apns-{row.id}", provider_status=200), now)
         for row in claimed
     ]
     trace.round_trips()
