@@ -2,12 +2,11 @@
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
 
 from sqlalchemy import Connection
 
 from notify_server.bindings import repository
-from notify_server.bindings.repository import StoredBinding
+from notify_server.bindings.repository import BindingRecord
 from notify_server.bindings.schemas import BINDING_TYPES, BindingForm, BindingListQuery
 from notify_server.errors import InvalidParameter, LimitExceeded, NotFound
 from notify_server.paging import Page, fetch_page
@@ -17,38 +16,6 @@ from notify_server.wire import new_sid, utcnow
 MAX_BINDINGS_PER_IDENTITY = 20
 # What Twilio's own samples show for channels whose payload format is fixed.
 FIXED_FORMAT_VERSION = "default"
-
-
-class BindingRecord(NamedTuple):  # a tuple: a list page makes fifty of them
-    sid: str
-    account_sid: str
-    service_sid: str
-    identity: str
-    binding_type: str
-    address: str
-    endpoint: str | None
-    credential_sid: str | None
-    notification_protocol_version: str
-    tags: list[str]
-    date_created: datetime
-    date_updated: datetime
-
-
-def _record(stored: StoredBinding, service_sid: str) -> BindingRecord:
-    return BindingRecord(
-        sid=stored.sid,
-        account_sid=stored.account_sid,
-        service_sid=service_sid,
-        identity=stored.identity,
-        binding_type=stored.binding_type,
-        address=stored.address,
-        endpoint=stored.endpoint,
-        credential_sid=stored.credential_sid,
-        notification_protocol_version=stored.notification_protocol_version,
-        tags=stored.tags,
-        date_created=stored.date_created,
-        date_updated=stored.date_updated,
-    )
 
 
 def create_binding(
@@ -106,7 +73,9 @@ def create_binding(
         elif existing.identity != form.identity:
             _check_identity_room(form.identity, probe.identity_bindings)
         repository.update_binding(conn, existing.id, existing.sid, values)
-        return _new_record(existing.sid, account_sid, service_sid, existing.date_created, values)
+        return _new_record(
+            existing.sid, account_sid, service_sid, existing.date_created, values, existing.id
+        )
 
     _check_identity_room(form.identity, probe.identity_bindings)
     sid = new_sid("BS")
@@ -119,7 +88,12 @@ def create_binding(
 
 
 def _new_record(
-    sid: str, account_sid: str, service_sid: str, date_created: datetime, values: dict
+    sid: str,
+    account_sid: str,
+    service_sid: str,
+    date_created: datetime,
+    values: dict,
+    binding_id: int | None = None,
 ) -> BindingRecord:
     return BindingRecord(
         sid=sid,
@@ -134,6 +108,7 @@ def _new_record(
         tags=values["tags"],
         date_created=date_created,
         date_updated=values["date_updated"],
+        id=binding_id,
     )
 
 
@@ -150,10 +125,10 @@ def _check_identity_room(identity: str, bindings_so_far: int) -> None:
 
 
 def fetch_binding(conn: Connection, account_sid: str, service_sid: str, sid: str) -> BindingRecord:
-    stored = repository.fetch(conn, account_sid, service_sid, sid)
-    if stored is None:
+    binding = repository.fetch(conn, account_sid, service_sid, sid)
+    if binding is None:
         raise NotFound()
-    return _record(stored, service_sid)
+    return binding
 
 
 def delete_binding(conn: Connection, account_sid: str, service_sid: str, sid: str) -> None:
@@ -192,4 +167,4 @@ def list_bindings(
     )
     if not page.items:  # an empty page, or no such service: only then is it worth asking
         get_service(conn, account_sid, service_sid)
-    return Page([_record(s, service_sid) for s in page.items], page.next_token, page.previous_token)
+    return page

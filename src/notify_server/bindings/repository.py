@@ -152,10 +152,10 @@ _ADVISORY_LOCK = Prepared(
 LOCK_ENDPOINT, LOCK_IDENTITY = 1, 2
 
 
-class StoredBinding(NamedTuple):  # a tuple: a list page makes fifty of them
-    id: int
+class BindingRecord(NamedTuple):  # a tuple: a list page makes fifty of them
     sid: str
     account_sid: str
+    service_sid: str
     identity: str
     binding_type: str
     address: str
@@ -165,25 +165,29 @@ class StoredBinding(NamedTuple):  # a tuple: a list page makes fifty of them
     tags: list[str]
     date_created: datetime
     date_updated: datetime
+    # Orders pages and carries the PageToken. None for a binding just inserted: the request
+    # never waits to learn it.
+    id: int | None = None
 
 
-def _stored(row: Sequence[Any] | None) -> StoredBinding | None:
-    """A row of _COLUMNS, from SQLAlchemy or straight from the driver."""
-    if row is None:
-        return None
-    return StoredBinding(
-        id=row[0],
-        sid=row[1],
-        account_sid=row[2],
-        identity=row[3],
-        binding_type=row[4],
-        address=row[5],
-        endpoint=row[6],
-        credential_sid=row[7],
-        notification_protocol_version=row[8],
-        tags=orjson.loads(row[9]),
-        date_created=stored_datetime(row[10]),
-        date_updated=stored_datetime(row[11]),
+def _stored(row: Sequence[Any], service_sid: str) -> BindingRecord:
+    """A row of _COLUMNS, from SQLAlchemy or straight from the driver, of the service
+    `service_sid` (every query here names it). Positional: a list page builds fifty, and
+    keywords cost half as much again."""
+    return BindingRecord(
+        row[1],
+        row[2],
+        service_sid,
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        orjson.loads(row[9]),
+        stored_datetime(row[10]),
+        stored_datetime(row[11]),
+        row[0],
     )
 
 
@@ -223,9 +227,10 @@ def _registration_locks(
     return locks
 
 
-def fetch(conn: Connection, account_sid: str, service_sid: str, sid: str) -> StoredBinding | None:
+def fetch(conn: Connection, account_sid: str, service_sid: str, sid: str) -> BindingRecord | None:
     params = {"account_sid": account_sid, "service_sid": service_sid, "sid": sid}
-    return _stored(_FETCH.one(conn, params))
+    row = _FETCH.one(conn, params)
+    return None if row is None else _stored(row, service_sid)
 
 
 @dataclass(frozen=True)
@@ -233,8 +238,8 @@ class CreateProbe:
     service: BindingDefaults
     identity_bindings: int
     credential_found: bool
-    same_address: StoredBinding | None
-    same_endpoint: StoredBinding | None
+    same_address: BindingRecord | None
+    same_endpoint: BindingRecord | None
 
 
 def lock_and_probe(
@@ -273,13 +278,15 @@ def lock_and_probe(
         service=BindingDefaults(row[0], dict(zip(DEFAULT_VERSION_TYPES, versions, strict=True))),
         identity_bindings=row[1 + len(DEFAULT_VERSION_TYPES)],
         credential_found=bool(row[2 + len(DEFAULT_VERSION_TYPES)]),
-        same_address=_stored_or_none(row[_PROBE_SAME_ADDRESS_AT:_PROBE_SAME_ENDPOINT_AT]),
-        same_endpoint=_stored_or_none(row[_PROBE_SAME_ENDPOINT_AT:]),
+        same_address=_stored_or_none(
+            row[_PROBE_SAME_ADDRESS_AT:_PROBE_SAME_ENDPOINT_AT], service_sid
+        ),
+        same_endpoint=_stored_or_none(row[_PROBE_SAME_ENDPOINT_AT:], service_sid),
     )
 
 
-def _stored_or_none(row: Sequence[Any]) -> StoredBinding | None:
-    return None if row[0] is None else _stored(row)  # the outer join found none
+def _stored_or_none(row: Sequence[Any], service_sid: str) -> BindingRecord | None:
+    return None if row[0] is None else _stored(row, service_sid)  # the outer join found none
 
 
 # A create's writes are its transaction's last statements: deferred, they go with the COMMIT.
@@ -341,7 +348,7 @@ def page(
     after_id: int | None,
     before_id: int | None,
     limit: int,
-) -> list[StoredBinding]:
+) -> list[BindingRecord]:
     """Up to `limit` bindings of the account's service in id order, after `after_id` or
     (backwards) before `before_id`. Empty too when there is no such service."""
     params: dict[str, Any] = {"account_sid": account_sid, "service_sid": service_sid}
@@ -357,7 +364,7 @@ def page(
     statement = _page_statement(
         len(identities), len(tags), len(binding_types), bool(start_date), bool(end_date), direction
     )
-    return [_stored(row) for row in statement.execute(conn, params)]  # type: ignore[misc]
+    return [_stored(row, service_sid) for row in statement.execute(conn, params)]
 
 
 @functools.lru_cache(maxsize=256)

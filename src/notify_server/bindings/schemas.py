@@ -8,7 +8,7 @@ from notify_server.forms import CredentialSid, Form, IsoDate, ListQuery, Text64,
 from notify_server.wire import quote_segment
 
 if TYPE_CHECKING:
-    from notify_server.bindings.operations import BindingRecord
+    from notify_server.bindings.repository import BindingRecord
 
 BindingType = Literal["apn", "gcm", "sms", "fcm", "facebook-messenger", "alexa"]
 BINDING_TYPES: tuple[str, ...] = BindingType.__args__  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from sqlalchemy import Connection
 
 from notify_server.bindings import operations as bindings
-from notify_server.bindings.operations import BindingRecord
+from notify_server.bindings.repository import BindingRecord
 from notify_server.bindings.schemas import BindingListQuery
 from notify_server.errors import InvalidParameter, NotFound, TwilioError
 from notify_server.forms import ListQuery

@@ -13,7 +13,7 @@ from notify_server.forms import Form, IsoDate, ListQuery
 from notify_server.wire import format_date, quote_segment
 
 if TYPE_CHECKING:
-    from notify_server.bindings.operations import BindingRecord
+    from notify_server.bindings.repository import BindingRecord
     from notify_server.users.operations import UserRecord
 
 Segment = Annotated[str, StringConstraints(min_length=1, max_length=256)]
