@@ -60,6 +60,16 @@ INTERNAL_URLS = [
     "ftp://hooks.example.com/cb",
     "file:///etc/passwd",
 ]
+# Hosts no resolver can look up: Python's refuses them with a UnicodeError on every attempt.
+UNUSABLE_HOST_URLS = [
+    "http://xn--i-7iq.ws/cb",  # punycode for a character IDNA 2008 does not allow
+    "http://xn--ls8h.la/",  # the same, an emoji
+    "https://XN--LS8H.example.com:8443/cb",
+    "http://a..b/cb",  # an empty label
+    "http://.../cb",
+    "http://" + "a" * 64 + ".com/cb",  # a label over 63 bytes
+    "http://" + ".".join(["a" * 63] * 4) + "/cb",  # a name over 253 bytes
+]
 
 
 def app_client(settings: Settings, **update: Any) -> TestClient:
@@ -118,7 +128,24 @@ class TestRefusedWhenStored:
         assert_invalid(response, "DeliveryCallbackUrl")
         assert strict.get("/v1/Services", auth=account.auth).json()["services"] == []
 
-    @pytest.mark.parametrize("url", INTERNAL_URLS[:3] + INTERNAL_URLS[-4:])
+    @pytest.mark.parametrize("url", UNUSABLE_HOST_URLS)
+    def test_a_host_no_resolver_can_look_up(self, strict, account, url):
+        response = strict.post("/v1/Services", data={"DeliveryCallbackUrl": url}, auth=account.auth)
+        assert_invalid(response, "DeliveryCallbackUrl")
+        assert strict.get("/v1/Services", auth=account.auth).json()["services"] == []
+
+    @pytest.mark.parametrize(
+        ("url", "why"),
+        [
+            ("http://xn--ls8h.la/", "not a valid URL"),
+            ("http://a..b/cb", "a..b is not a valid host name"),
+        ],
+    )
+    def test_the_message_says_which_host(self, strict, account, url, why):
+        response = strict.post("/v1/Services", data={"DeliveryCallbackUrl": url}, auth=account.auth)
+        assert response.json()["message"] == f"Parameter 'DeliveryCallbackUrl' is invalid: {why}"
+
+    @pytest.mark.parametrize("url", INTERNAL_URLS[:3] + INTERNAL_URLS[-4:] + UNUSABLE_HOST_URLS[:4])
     def test_service_update(self, strict, account, url):
         service = make_service(strict, account, DeliveryCallbackUrl="https://hooks.example.com/a")
         response = strict.post(
@@ -128,7 +155,7 @@ class TestRefusedWhenStored:
         stored = strict.get(f"/v1/Services/{service['sid']}", auth=account.auth).json()
         assert stored["delivery_callback_url"] == "https://hooks.example.com/a"
 
-    @pytest.mark.parametrize("url", INTERNAL_URLS[:3] + INTERNAL_URLS[-4:])
+    @pytest.mark.parametrize("url", INTERNAL_URLS[:3] + INTERNAL_URLS[-4:] + UNUSABLE_HOST_URLS[:4])
     def test_notification(self, strict, account, engine, url):
         service_sid = make_service(strict, account)["sid"]
         make_binding(strict, account, service_sid)
@@ -154,7 +181,13 @@ class TestRefusedWhenStored:
 
     @pytest.mark.parametrize(
         "url",
-        ["https://hooks.example.com/cb?x=1", "http://8.8.8.8/cb", "http://[2001:4860::8888]/"],
+        [
+            "https://hooks.example.com/cb?x=1",
+            "http://8.8.8.8/cb",
+            "http://[2001:4860::8888]/",
+            "https://bücher.example/cb",  # IDNA: sent as xn--bcher-kva.example
+            "http://hooks.example.com./cb",
+        ],
     )
     def test_public_destinations_are_accepted(self, strict, account, url):
         service = make_service(strict, account, DeliveryCallbackUrl=url)
@@ -186,6 +219,8 @@ class TestRefusedWhenSending:
             lambda r: r.new_url(),  # loopback, not allowed by this server
             lambda r: r.new_url().replace("127.0.0.1", "[::ffff:127.0.0.1]"),
             lambda r: r.new_url().replace("http://", "http://user:secret-pw@"),
+            lambda r: "http://xn--ls8h.la/cb",  # was a traceback every minute, for good
+            lambda r: "http://a..b/cb",
         ],
     )
     def test_stored_internal_url(self, settings, engine, signer, receiver, caplog, url_of):
@@ -285,6 +320,38 @@ class TestRefusedWhenSending:
 
 
 class TestNoisyNeighbours:
+    def test_a_stored_url_no_resolver_can_look_up_holds_up_nobody_else(
+        self, settings, engine, signer, receiver
+    ):
+        def notify(client: TestClient, service_sid: str, url: str) -> str:
+            response = client.post(
+                f"/v1/Services/{service_sid}/Notifications",
+                data={"Identity": "alice", "Body": "x", "DeliveryCallbackUrl": url},
+                auth=signer.auth,
+            )
+            assert response.status_code == 201, response.text
+            return response.json()["sid"]
+
+        live = receiver.new_url()
+        with app_client(settings, worker_enabled=False) as client:
+            service_sid = make_service(client, signer)["sid"]
+            make_binding(client, signer, service_sid)
+            unusable = notify(client, service_sid, "https://hooks.example.com/cb")
+            notify(client, service_sid, live)
+        # As an importer, or a release before the host check, could have stored it. It comes
+        # first: looking at its host used to raise, and no callback of anyone's went out.
+        store_callback_url(engine, unusable, "http://xn--ls8h.la/cb")
+        with app_client(settings) as client:
+            assert wait_for(lambda: receiver.received(live))
+            [row] = wait_for(
+                lambda: [
+                    r
+                    for r in deliveries(client, signer, service_sid, unusable)
+                    if r["callback_error"]
+                ]
+            )
+        assert row["callback_error"] == "delivery callback not sent: not a valid URL"
+
     def test_a_dead_callback_endpoint_holds_up_nobody_else(
         self, settings, engine, signer, receiver
     ):

@@ -102,6 +102,14 @@ def literal_address(host: str) -> IPAddress | None:
     return None
 
 
+def is_host_name(raw_host: bytes) -> bool:
+    """What a resolver can look up: labels of 1 to 63 bytes (the ASCII, IDNA-encoded form),
+    at most 253 in all, one trailing dot allowed. Python's resolver refuses anything else
+    with a UnicodeError on every attempt."""
+    name = raw_host[:-1] if raw_host.endswith(b".") else raw_host
+    return 0 < len(name) <= 253 and all(0 < len(label) <= 63 for label in name.split(b"."))
+
+
 async def _system_resolver(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
@@ -130,13 +138,15 @@ class OutboundPolicy:
         The resolved address is checked again when connecting."""
         try:
             parsed = httpx.URL(url)
+            # Decoded from IDNA, which can fail (ValueError): xn--ls8h is an emoji IDNA 2008
+            # does not allow.
+            host = parsed.host
         except (httpx.InvalidURL, TypeError, ValueError):
             raise DestinationRefused("not a valid URL") from None
         if parsed.scheme not in ("http", "https"):
             raise DestinationRefused("only http and https URLs may be called")
         if parsed.userinfo:
             raise DestinationRefused("a URL may not carry a user name or password")
-        host = parsed.host
         if not host:
             raise DestinationRefused("the URL has no host")
         if self._host_allowed(host):
@@ -144,6 +154,8 @@ class OutboundPolicy:
         address = literal_address(host)
         if address is not None:
             self.check_address(address)
+        elif not is_host_name(parsed.raw_host):
+            raise DestinationRefused(f"{host} is not a valid host name")
         elif host.rstrip(".") == "localhost" or host.rstrip(".").endswith(".localhost"):
             raise DestinationRefused(f"{host} is a loopback host name")
 
@@ -153,6 +165,10 @@ class OutboundPolicy:
             return [host]
         try:
             resolved = await self._resolve(host, port)
+        except UnicodeError:
+            # The resolver could not even encode the name (a label empty or over 63 bytes):
+            # it never will.
+            raise DestinationRefused(f"{host} is not a valid host name") from None
         except OSError as error:
             # Not a refusal: the name may resolve later, so the caller retries as for any
             # other connection failure.

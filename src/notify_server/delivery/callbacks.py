@@ -237,6 +237,9 @@ def _destination(url: str) -> str:
     """What the per-destination limit counts: scheme, host and port."""
     try:
         parsed = httpx.URL(url)
+        # The encoded host: decoding IDNA can fail, and a stored URL (imported, or kept from
+        # before a check) is not known to be valid. check_url refuses it when it is sent.
+        host = parsed.raw_host.decode("ascii", "replace")
     except (httpx.InvalidURL, TypeError, ValueError):
         return ""
-    return f"{parsed.scheme}://{parsed.host}:{parsed.port or ''}"
+    return f"{parsed.scheme}://{host}:{parsed.port or ''}"
