@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import orjson
+from cryptography.exceptions import InternalError, UnsupportedAlgorithm
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.engine import make_url
 
@@ -16,6 +17,9 @@ from notify_server.config import Settings
 from notify_server.errors import ServiceUnavailable
 
 KEY_FILE_NAME = "notify-server.key"
+# What loading a private key a tenant gave can raise: malformed PEM, or a well-formed key of a
+# type or curve OpenSSL does not support (UnsupportedAlgorithm, or its InternalError).
+UNLOADABLE_KEY = (ValueError, TypeError, UnsupportedAlgorithm, InternalError)
 # HMAC label: the stored fingerprint identifies the key without being a hash of it alone.
 FINGERPRINT_LABEL = b"notify-server deployment secret key fingerprint v1"
 MAKE_A_KEY = (

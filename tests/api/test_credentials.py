@@ -6,6 +6,8 @@ from datetime import datetime
 
 import pytest
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from sqlalchemy import select
 
 from notify_server.db import transaction
@@ -35,6 +37,35 @@ PRIVATE_KEY = (
 API_KEY = "AIzaSy-gcm-api-key-7d1f0e"
 SECRET = "fcm-server-secret-9c2b4a"
 ALL_SECRETS = (CERTIFICATE, PRIVATE_KEY, API_KEY, SECRET)
+
+
+def _pkcs8(der_base64: str) -> str:
+    return f"-----BEGIN PRIVATE KEY-----\n{der_base64}\n-----END PRIVATE KEY-----\n"
+
+
+def _pem(key: ec.EllipticCurvePrivateKey | x25519.X25519PrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+# TokenKeys APNs could never sign with. The PKCS#8 ones are well-formed keys OpenSSL does not
+# support: loading them raises UnsupportedAlgorithm or InternalError, which were 500s.
+UNUSABLE_TOKEN_KEYS = {
+    "not-pem": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----",
+    "unknown-key-type": _pkcs8("MC4CAQAwBQYDKgMEBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    "gost": _pkcs8("MDICAQAwCQYHKoUDAgITAQQiBCAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="),
+    "unknown-curve": _pkcs8(
+        "MD8CAQAwEQYHKoZIzj0CAQYGK4EEAAoABCcwJQIBAQQgAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+    ),
+    "ed448-of-the-wrong-length": _pkcs8("MBMCAQAwBQYDK2VxBAcEBQAAAAAA"),
+    "x25519": _pem(x25519.X25519PrivateKey.generate()),
+    "secp256k1": _pem(ec.generate_private_key(ec.SECP256K1())),
+    "p384": _pem(ec.generate_private_key(ec.SECP384R1())),
+}
+TOKEN_KEY_REASON = "must be the PEM text of an APNs .p8 key (ES256, curve P-256)"
 MALFORMED_CR = ["CRzz", "CR" + "0" * 31, "CR" + "0" * 33, "XR" + "0" * 32, "CR" + "g" * 32]
 
 
@@ -117,6 +148,20 @@ class TestCreateCredential:
             "certificate": CERTIFICATE,
             "private_key": PRIVATE_KEY,
         }
+
+    def test_apn_token_auth_takes_a_p256_key(self, client, account, engine, secret_key):
+        token_key = _pem(ec.generate_private_key(ec.SECP256R1()))
+        form = {"Type": "apn", "TokenKey": token_key, "KeyId": "ABC123DEFG", "TeamId": "T1"}
+        response = client.post("/v1/Credentials", data=form, auth=account.auth)
+        assert response.status_code == 201, response.text
+        assert stored_secrets(engine, secret_key, response.json()["sid"])["token_key"] == token_key
+
+    @pytest.mark.parametrize("token_key", UNUSABLE_TOKEN_KEYS.values(), ids=UNUSABLE_TOKEN_KEYS)
+    def test_apn_token_key_apns_cannot_sign_with_is_400(self, client, account, token_key):
+        form = {"Type": "apn", "TokenKey": token_key, "KeyId": "ABC123DEFG", "TeamId": "T1"}
+        response = client.post("/v1/Credentials", data=form, auth=account.auth)
+        assert_invalid(response, "TokenKey", TOKEN_KEY_REASON)
+        assert client.get("/v1/Credentials", auth=account.auth).json()["credentials"] == []
 
     def test_gcm_stores_its_api_key(self, client, account, engine, secret_key):
         response = client.post(
@@ -383,6 +428,24 @@ class TestUpdateCredential:
         assert stored_secrets(engine, secret_key, created["sid"]) == {
             "certificate": CERTIFICATE,
             "private_key": PRIVATE_KEY,
+        }
+
+    @pytest.mark.parametrize(
+        "token_key", [UNUSABLE_TOKEN_KEYS["unknown-key-type"], UNUSABLE_TOKEN_KEYS["x25519"]]
+    )
+    def test_a_token_key_apns_cannot_sign_with_is_400_and_changes_nothing(
+        self, client, account, engine, secret_key, token_key
+    ):
+        created = make_credential(client, account, Certificate=CERTIFICATE, PrivateKey="old key")
+
+        response = client.post(
+            f"/v1/Credentials/{created['sid']}", data={"TokenKey": token_key}, auth=account.auth
+        )
+
+        assert_invalid(response, "TokenKey", TOKEN_KEY_REASON)
+        assert stored_secrets(engine, secret_key, created["sid"]) == {
+            "certificate": CERTIFICATE,
+            "private_key": "old key",
         }
 
     def test_adds_secrets_to_a_credential_without_any(self, client, account, engine, secret_key):

@@ -504,6 +504,31 @@ class TestFcmAccessToken:
         )
         assert fake.requests == []
 
+    @pytest.mark.parametrize(
+        "der",
+        [
+            "MC4CAQAwBQYDKgMEBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",  # unknown type
+            "MBMCAQAwBQYDK2VxBAcEBQAAAAAA",  # OpenSSL's InternalError
+        ],
+        ids=["unknown-key-type", "ed448-of-the-wrong-length"],
+    )
+    def test_a_private_key_openssl_does_not_support_fails_at_once(
+        self, client, account, fake, account_one, der
+    ):
+        # It used to be taken for a transient error and retried until the TTL ran out.
+        unsupported = f"-----BEGIN PRIVATE KEY-----\n{der}\n-----END PRIVATE KEY-----\n"
+        service_sid = fcm_service(client, account, {**account_one, "private_key": unsupported})
+        fcm_binding(client, account, service_sid, "tok-alice")
+
+        [row] = delivered(client, account, service_sid, Identity="alice", Body="x")
+
+        assert (row["status"], row["attempts"], row["error_message"]) == (
+            "failed",
+            1,
+            "The credential's ServiceAccount private_key is not a PEM RSA private key",
+        )
+        assert fake.requests == []
+
 
 class TestFcmOverrides:
     def test_fcm_bindings_take_fcm_and_gcm_bindings_take_gcm(

@@ -2,8 +2,10 @@ import re
 from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
+from notify_server.crypto import UNLOADABLE_KEY
 from notify_server.forms import Boolean, Form, Text64, Text256
 from notify_server.json_input import read_json
 from notify_server.wire import format_date
@@ -69,9 +71,14 @@ class CredentialUpdateForm(Form):
         if value is None:
             return value
         try:
-            serialization.load_pem_private_key(value.encode(), password=None)
-        except (ValueError, TypeError):
-            raise ValueError("must be the PEM text of an APNs .p8 key") from None
+            key = serialization.load_pem_private_key(value.encode(), password=None)
+        except UNLOADABLE_KEY:
+            key = None
+        # APNs signs provider tokens with ES256 only: any other key could never send.
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
+            key.curve, ec.SECP256R1
+        ):
+            raise ValueError("must be the PEM text of an APNs .p8 key (ES256, curve P-256)")
         return value
 
     def given(self) -> dict:

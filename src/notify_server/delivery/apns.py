@@ -17,6 +17,7 @@ import orjson
 from cryptography import x509
 
 from notify_server.config import Settings
+from notify_server.crypto import UNLOADABLE_KEY
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
 from notify_server.delivery.h2client import H2Client, H2Error, Response
 
@@ -152,7 +153,7 @@ class ApnsChannel:
             cache_key = (secrets["key_id"], secrets["team_id"], _digest(secrets["token_key"]))
             try:
                 token = self._provider_token(cache_key, secrets["token_key"])
-            except (ValueError, TypeError, jwt.PyJWTError):
+            except (*UNLOADABLE_KEY, jwt.PyJWTError):
                 return _failed(
                     f"APNs credential {credential.sid}: TokenKey is not an ES256 (P-256) key"
                 )

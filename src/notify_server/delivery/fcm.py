@@ -60,6 +60,7 @@ import httpx
 import jwt
 
 from notify_server.config import Settings
+from notify_server.crypto import UNLOADABLE_KEY
 from notify_server.delivery.channels import Job, Outcome, Result
 from notify_server.delivery.h2client import H2Client, H2Error, Response
 from notify_server.delivery.rendering import (
@@ -159,7 +160,7 @@ class FcmChannel:
         headers = {"kid": account["private_key_id"]} if account.get("private_key_id") else None
         try:
             assertion = jwt.encode(claims, account["private_key"], "RS256", headers=headers)
-        except (ValueError, TypeError, jwt.PyJWTError):
+        except (*UNLOADABLE_KEY, jwt.PyJWTError):
             raise FcmError(
                 "The credential's ServiceAccount private_key is not a PEM RSA private key"
             ) from None
