@@ -482,10 +482,76 @@ class TestNormalRequests:
         assert response.status == 201, response.body
         assert response.json()["friendly_name"] == "continued"
 
-    def test_a_malformed_request_is_still_uvicorns_400(self, server):
+
+MALFORMED = {
+    "code": 20001,
+    "message": "Invalid HTTP request: it could not be parsed as HTTP/1.1",
+    "more_info": "https://www.twilio.com/docs/errors/20001",
+    "status": 400,
+}
+
+
+class TestMalformedRequests:
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"NOT HTTP AT ALL\r\n\r\n",
+            b"GET /v1/Services/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /v1/Ser\tvices HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /v1/Services HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            b"POST /v1/Services HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ],
+        ids=[
+            "not-http",
+            "bytes-in-path",
+            "tab-in-path",
+            "length-abc",
+            "length-negative",
+            "no-colon",
+            "nul-in-header",
+            "h2-preface",
+        ],
+    )
+    def test_what_cannot_be_parsed_gets_a_twilio_400_and_is_closed(self, server, raw):
         with connect(server) as sock:
-            sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
-            assert read_response(sock).status == 400
+            sock.sendall(raw)
+            response = read_response(sock)
+            assert response.status == 400
+            assert response.json() == MALFORMED
+            assert response.headers["content-type"] == "application/json"
+            assert response.headers["access-control-allow-origin"] == "*"
+            assert response.headers["twilio-request-id"].startswith("RQ")
+            assert closed_by_server(sock, 3)
+        assert healthz_answers(server)
+
+    def test_a_bad_chunk_size_in_a_body_is_a_400_and_the_request_is_not_run(self, server):
+        head = create_service_head(0).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+        with connect(server) as sock:
+            sock.sendall(head + b"zz\r\nFriendlyName=chunked\r\n0\r\n\r\n")
+            response = read_response(sock)
+            assert response.status == 400
+            assert response.json() == MALFORMED
+            assert closed_by_server(sock, 3)
+        with connect(server) as sock:
+            sock.sendall(request("/v1/Services?PageSize=1000", f"Authorization: {AUTH}"))
+            listed = read_response(sock).json()
+        assert "chunked" not in [s["friendly_name"] for s in listed["services"]]
+
+    def test_a_malformed_request_after_a_good_one_lets_the_first_answer_finish(self, server):
+        with connect(server) as sock:
+            sock.sendall(request("/healthz") + b"NOT HTTP AT ALL\r\n\r\n")
+            first = read_response(sock)
+            assert first.status == 200
+            assert first.body == b'{"status":"ok"}'
+            # The second answer, if any, is the Twilio 400; nothing else comes.
+            rest = _unread.pop(sock, b"")
+            sock.settimeout(3)
+            while chunk := sock.recv(65536):
+                rest += chunk
+            assert rest == b"" or rest.startswith(b"HTTP/1.1 400 Bad Request\r\n"), rest
 
 
 def test_two_workers_start_and_enforce_the_limit(database_url, tmp_path):

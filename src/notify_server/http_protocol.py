@@ -43,6 +43,13 @@ class RequestTimeout(TwilioError):
     status, code = 408, 20001
 
 
+class MalformedRequest(TwilioError):
+    status, code = 400, 20001
+
+    def __init__(self) -> None:
+        super().__init__("Invalid HTTP request: it could not be parsed as HTTP/1.1")
+
+
 def seconds(value: float) -> str:
     return f"{value:g} second" + ("" if value == 1 else "s")
 
@@ -253,6 +260,15 @@ class EdgeLimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reject_body(RequestTimeout(message))
 
     # Answers
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer when llhttp cannot parse the request (bad bytes in the request line,
+        # a malformed Content-Length or chunk size, ...): Twilio's JSON and headers, like every
+        # other answer. In a body, the app reading it is told the client went away.
+        if self.in_head:
+            self._reject_head(MalformedRequest())
+        else:
+            self._reject_body(MalformedRequest())
+
     def _reject_head(self, error: TwilioError) -> None:
         """The current request's head is refused. It has no response cycle yet; the one in
         `self.cycle`, if any, is an earlier request on this connection."""
