@@ -19,7 +19,7 @@ from sqlalchemy import insert, select, text
 
 from notify_server import migrate
 from notify_server.bindings.repository import binding_tags, bindings, digest
-from notify_server.db import make_engine
+from notify_server.db import Checkpointer, make_engine
 from notify_server.services.models import Service
 from notify_server.wire import utcnow
 from tests.servers import live_server
@@ -152,3 +152,38 @@ def test_the_wal_stays_bounded_during_a_large_fan_out(tmp_path: Path) -> None:
     assert failures == []
     assert min(reads) > 0  # the readers did read throughout
     assert largest < WAL_BOUND, f"the WAL reached {largest / 2**20:.1f} MB"
+
+
+def test_the_wal_stays_bounded_while_one_writer_never_stops(tmp_path: Path) -> None:
+    """Writes alone hold the log too: each appends while the PASSIVE pass copies, so the pass
+    never quite reaches the end and the log never starts again (the file grew to 344 MB in
+    one create-binding bench). The RESTART pass after it is what bounds the file."""
+    if os.environ.get("NOTIFY_TEST_DATABASE_URL", "").startswith("postgresql"):
+        pytest.skip("PostgreSQL has no WAL file of ours to bound")
+    path = tmp_path / "writes.db"
+    engine = make_engine(f"sqlite:///{path}", background_checkpoints=True)
+    limit = 256 * 1024
+    checkpointer = Checkpointer(engine, interval=0.05, truncate_bytes=limit, poll=0.02)
+    wal = Path(f"{path}-wal")
+    written = 0
+    sizes: list[int] = []
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE filler (id INTEGER PRIMARY KEY, data BLOB)"))
+    checkpointer.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            with engine.connect() as conn, conn.begin():
+                # About 100 KB a transaction, every page new: the WAL grows at full speed.
+                rows = [{"data": os.urandom(4000)} for _ in range(25)]
+                conn.execute(text("INSERT INTO filler (data) VALUES (:data)"), rows)
+            written += 25 * 4000
+            sizes.append(wal.stat().st_size)
+    finally:
+        checkpointer.stop()
+        engine.dispose()
+
+    largest, bound = max(sizes), 32 * limit  # the limit, and what comes between two polls
+    print(f"\nWAL under {written / 2**20:.0f} MB of writes: largest {largest / 2**20:.1f} MB")
+    assert written > 4 * bound  # enough that an unbounded log would show
+    assert largest < bound, f"the WAL reached {largest / 2**20:.1f} MB"
