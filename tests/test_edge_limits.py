@@ -383,6 +383,10 @@ def create_service_head(length: int, auth: str = AUTH) -> bytes:
     ).encode()
 
 
+def chunked_create_service_head() -> bytes:
+    return create_service_head(0).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+
+
 class TestBodyTimeout:
     def test_a_stalled_body_gets_408_and_is_closed(self, server):
         with connect(server) as sock:
@@ -402,7 +406,7 @@ class TestBodyTimeout:
         assert healthz_answers(server)
 
     def test_a_chunked_body_that_stalls_mid_chunk_gets_408(self, server):
-        head = create_service_head(0).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+        head = chunked_create_service_head()
         with connect(server) as sock:
             sock.sendall(head + b"20\r\nFriendlyName=")
             response = read_response(sock, timeout=5)
@@ -528,7 +532,7 @@ class TestMalformedRequests:
         assert healthz_answers(server)
 
     def test_a_bad_chunk_size_in_a_body_is_a_400_and_the_request_is_not_run(self, server):
-        head = create_service_head(0).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+        head = chunked_create_service_head()
         with connect(server) as sock:
             sock.sendall(head + b"zz\r\nFriendlyName=chunked\r\n0\r\n\r\n")
             response = read_response(sock)
