@@ -108,7 +108,7 @@ BUSY_TIMEOUT_MS = 10000
 # The WAL file is cut back to this once it grows past it (Checkpointer, journal_size_limit).
 WAL_TRUNCATE_BYTES = 16 * 1024 * 1024
 # How long a RESTART checkpoint may hold writers back waiting for readers to move on.
-TRUNCATE_WAIT_MS = 200
+RESTART_WAIT_MS = 200
 
 
 def _configure_sqlite(engine: Engine, background_checkpoints: bool) -> None:
@@ -148,7 +148,7 @@ class Checkpointer:
     it: readers (a large fan-out delivered under load: 176 MB for one 10,000-target
     notification, tests/test_wal.py), or writes, which append to the log while the checkpoint
     copies it, so that it has never quite reached the end. Past `truncate_bytes` a RESTART
-    checkpoint follows the PASSIVE one: it waits, at most TRUNCATE_WAIT_MS, for the readers to
+    checkpoint follows the PASSIVE one: it waits, at most RESTART_WAIT_MS, for the readers to
     move on to the newest snapshot, so that the next writer starts the log again from its
     beginning; that commit cuts the file back to `truncate_bytes` (journal_size_limit).
     Writers wait meanwhile, so it comes after the PASSIVE pass has copied the bulk, and gives
@@ -222,7 +222,7 @@ class Checkpointer:
                 driver = driver_connection(connection)
                 driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 if self._wal_bytes() > self._truncate_bytes:
-                    driver.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+                    driver.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
                     try:
                         busy = driver.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
                     finally:

@@ -165,10 +165,6 @@ class OutboundPolicy:
             return [host]
         try:
             resolved = await self._resolve(host, port)
-        except UnicodeError:
-            # The resolver could not even encode the name (a label empty or over 63 bytes):
-            # it never will.
-            raise DestinationRefused(f"{host} is not a valid host name") from None
         except OSError as error:
             # Not a refusal: the name may resolve later, so the caller retries as for any
             # other connection failure.
