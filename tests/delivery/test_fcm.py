@@ -679,6 +679,21 @@ class TestFcmOverrides:
                 {"notification": {"title_loc_args": "not json"}},
                 "Override 'notification.title_loc_args' must be a JSON array",
             ),
+            # JSON inside the string obeys the request's rules: these were retried until the
+            # TTL (RecursionError, a surrogate FCM's body cannot encode) or sent, and each made
+            # the Deliveries listing a 500.
+            *(
+                (
+                    {"notification": {"body_loc_args": inner}},
+                    "Override 'notification.body_loc_args' must be a JSON array",
+                )
+                for inner in (
+                    "[" * 5000 + "]" * 5000,
+                    '["\\ud800"]',
+                    "[999999999999999999999999999999]",
+                    "[NaN, 1e400]",
+                )
+            ),
         ],
     )
     def test_a_malformed_override_fails_without_a_request(

@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 from notify_server.config import Settings
 from notify_server.credentials.schemas import GOOGLE_PROJECT_ID
 from notify_server.delivery.channels import CredentialSecrets, Job, channel_name
+from notify_server.json_input import read_json
 from notify_server.wire import quote_segment
 
 # Where a secret goes on the wire; never the secret itself.
@@ -385,8 +386,10 @@ def _string_values(values: dict[str, Any]) -> dict[str, str]:
 
 
 def _json_list(value: str, key: str) -> Any:
+    # JSON inside a string of the override: the request's JSON rules were never applied to it
+    # (json.loads took 5,000 levels into a RecursionError, lone surrogates, NaN, 2**100).
     try:
-        parsed = json.loads(value)
+        parsed = read_json(value)
     except ValueError:
         raise Unsendable(f"Override 'notification.{key}' must be a JSON array") from None
     if not isinstance(parsed, list):
