@@ -208,6 +208,22 @@ class TestSmsMessage:
         assert fake.requests == []
         assert binding_exists(client, account, service_sid, binding["sid"])
 
+    @pytest.mark.parametrize("body", [{"a": 1}, ["x"], True, 5])
+    def test_the_overrides_body_must_be_a_string(self, client, account, fake, body):
+        service_sid = messaging_service(client, account)
+        sms_binding(client, account, service_sid)
+
+        [row] = delivered(
+            client, account, service_sid, Identity="alice", Body="x", Sms={"body": body}
+        )
+
+        assert (row["status"], row["attempts"], row["error_message"]) == (
+            "failed",
+            1,
+            "Sms.body must be a string",
+        )
+        assert fake.requests == []
+
     def test_media_urls_must_be_urls(self, client, account, fake):
         service_sid = messaging_service(client, account)
         sms_binding(client, account, service_sid)

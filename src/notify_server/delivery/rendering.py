@@ -444,6 +444,9 @@ def sms_form(job: Job, sender: str | None) -> list[tuple[str, str]]:
             "sms needs the Service's MessagingServiceSid or a sender in NOTIFY_SMS_FROM"
         )
     body = override.get("body") or job.content.get("body")
+    if body is not None and not isinstance(body, str):
+        # str() would send Python's spelling of it: {'a': 1}, True.
+        raise Unsendable("Sms.body must be a string")
     media_urls = override.get("media_urls") or []
     if isinstance(media_urls, str):
         media_urls = [media_urls]
