@@ -76,15 +76,24 @@ def decode(request: Request, value: str | None) -> Session:
         raise SignInNeeded()
     payload, signature = value.split(".")
     expected = _b64(hmac.new(_key(request), payload.encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(signature, expected):
+    if not _same(signature, expected):
         raise SignInNeeded()
     try:
         account_sid, username, stamp, csrf_token, expires = orjson.loads(_unb64(payload))
     except (ValueError, TypeError):
         raise SignInNeeded() from None
-    if not is_sid(account_sid, "AC") or not isinstance(expires, int) or expires < time.time():
+    texts = (account_sid, username, stamp, csrf_token)
+    if not all(isinstance(text, str) for text in texts) or not is_sid(account_sid, "AC"):
+        raise SignInNeeded()
+    if not isinstance(expires, int) or expires < time.time():
         raise SignInNeeded()
     return Session(account_sid, username, stamp, csrf_token, expires)
+
+
+def _same(given: str, expected: str) -> bool:
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500), and
+    # a cookie or form field is whatever the client sent.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def _secure(request: Request) -> bool:
@@ -125,5 +134,5 @@ def check_same_origin(request: Request) -> None:
 
 def check_csrf(request: Request, session: Session, token: str | None) -> None:
     check_same_origin(request)
-    if not token or not hmac.compare_digest(token, session.csrf_token):
+    if not token or not _same(token, session.csrf_token):
         raise CrossSiteRequest()
