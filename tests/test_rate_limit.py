@@ -217,15 +217,25 @@ class TestNotLimited:
 class TestChosenKeys:
     """The console's sign-in limiter is keyed by names a stranger picks: its buckets are capped."""
 
-    def test_past_max_keys_the_buckets_start_over(self):
-        limiter = ratelimit.RateLimiter(0.001, 1, max_keys=3)
-        for key in ("a", "b", "c"):
+    def test_past_max_keys_made_up_keys_cannot_reset_a_limited_one(self, monkeypatch):
+        now = [1000.0]
+        monkeypatch.setattr(ratelimit.time, "monotonic", lambda: now[0])
+        limiter = ratelimit.RateLimiter(0.1, 2, max_keys=3)  # two tries, then one per 10 s
+        for key in ("victim", "victim", "b", "c"):
             limiter.check(key)
+        # Every bucket is holding its key back: a new key waits for the first to fill again.
+        with pytest.raises(ratelimit.TooManyRequests) as refused:
+            limiter.check("d")
+        assert refused.value.retry_after == pytest.approx(10.0)
+        now[0] += 5
         with pytest.raises(ratelimit.TooManyRequests):
-            limiter.check("a")
-        limiter.check("d")  # a fourth key: the three are forgotten
-        limiter.check("a")
-        assert len(limiter._buckets) == 2
+            limiter.check("e")  # still no room: and no pass over the buckets to find none
+        with pytest.raises(ratelimit.TooManyRequests):
+            limiter.check("victim")  # the limited key was not forgotten
+        now[0] += 5
+        limiter.check("d")  # b and c have filled up again: forgotten, room for d
+        assert set(limiter._buckets) == {"victim", "d"}
+        limiter.check("victim")  # refilled by its own rate, not by a reset
 
     def test_without_max_keys_nothing_is_forgotten(self):
         limiter = ratelimit.RateLimiter(0.001, 1)

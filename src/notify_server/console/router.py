@@ -101,8 +101,9 @@ async def sign_in(request: Request) -> Response:
         if is_sid(username, "AC") or is_sid(username, "SK"):
             request.app.state.console_sign_ins.check(username.lower())
     except TooManyRequests as error:
+        wait = error.headers()["Retry-After"]
         response = render(
-            "sign_in.html", 429, error="Too many sign-in attempts: wait a minute and try again."
+            "sign_in.html", 429, error=f"Too many sign-in attempts: try again in {wait} s."
         )
         response.headers.update(error.headers())
         return response
