@@ -1181,6 +1181,28 @@ def on_a_terminal(
     return process, shown.decode().replace("\r\n", "\n") + stdout
 
 
+class TestImportSourcePaging:
+    def test_a_next_page_that_leads_back_is_one_line_not_a_hang(
+        self, source: Source, importer: Importer, proxy
+    ) -> None:
+        def loop(number: int, path: str) -> Answer | None:
+            if not path.startswith("/v1/Credentials"):
+                return None
+            body = {
+                "credentials": [],
+                "meta": {"key": "credentials", "next_page_url": path, "page": 0},
+            }
+            return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+        looping = proxy(loop)
+        run = importer(looping.url, "--quiet")
+
+        assert run.returncode == 1
+        assert looping.count("/v1/Credentials") == 1
+        assert "next_page_url leads back to a page already read" in run.stderr
+        assert "Traceback" not in run.stderr
+
+
 class TestImportLocalDatabase:
     def test_a_database_error_is_reported_without_a_traceback(
         self, source: Source, importer: Importer, tmp_path: Path
@@ -1245,6 +1267,8 @@ class TestImportInvalidRecords:
     ) -> None:
         small = source.services["small"]
         too_long, undated = source.small_bindings["sms"], source.small_bindings["alexa"]
+        # Past the last datetime once in UTC: it aborted the whole import (OverflowError).
+        far = source.small_bindings["fcm"]
 
         def spoil_two_bindings(number: int, path: str) -> Answer | None:
             if not path.startswith(f"/v1/Services/{small}/Bindings"):
@@ -1255,16 +1279,21 @@ class TestImportInvalidRecords:
                     binding["identity"] = "i" * 257
                 if binding["sid"] == undated["sid"]:
                     binding["date_created"] = "yesterday"
+                if binding["sid"] == far["sid"]:
+                    binding["date_updated"] = "9999-12-31T23:59:59-14:00"
             return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
         spoiled = proxy(spoil_two_bindings)
         run = succeeded(importer(spoiled.url, "--service", small))
 
-        assert run.summary_line("invalid records skipped") == "invalid records skipped: 2"
+        assert run.summary_line("invalid records skipped") == "invalid records skipped: 3"
         assert f"binding {too_long['sid']}: identity is longer than 256 characters" in run.stdout
         assert f"binding {undated['sid']}: date 'yesterday' is not a date" in run.stdout
-        count = len(source.small_bindings) - 2
+        assert (
+            f"binding {far['sid']}: date '9999-12-31T23:59:59-14:00' is out of range" in run.stdout
+        )
+        count = len(source.small_bindings) - 3
         assert run.summary_line("bindings") == "bindings: " + tally(count, count, 0, 0)
         sids = local_binding_sids(client, source, "small")
         assert len(sids) == count
-        assert too_long["sid"] not in sids and undated["sid"] not in sids
+        assert not {too_long["sid"], undated["sid"], far["sid"]} & set(sids)

@@ -169,7 +169,14 @@ class Source:
         """Each page's records and the next page's URL, following meta.next_page_url verbatim
         (as the SDKs do)."""
         next_url: str | None = url
+        seen: set[str] = set()
         while next_url:
+            if next_url in seen:
+                raise ImportFailed(
+                    f"GET {next_url}: the source's next_page_url leads back to a page already"
+                    " read; it would never end"
+                )
+            seen.add(next_url)
             body = self.get(next_url)
             assert body is not None
             meta = body.get("meta")
@@ -378,7 +385,10 @@ def parse_date(value: object) -> datetime:
             except (TypeError, ValueError):
                 raise InvalidRecord(f"date {value!r} is not a date") from None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # 9999-12-31T23:59:59-14:00 is past the last datetime in UTC
+            raise InvalidRecord(f"date {value!r} is out of range") from None
     return parsed.replace(microsecond=0)
 
 
