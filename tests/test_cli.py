@@ -363,6 +363,9 @@ class TestFailuresAreOneLine:
             ("not a url", "serve"),
             (f"mysql://root:{PASSWORD}@db/notify", "db upgrade"),
             ("postgresql+psycopg2://x/y", "accounts create"),
+            # These were "unexpected error (ValueError/ArgumentError ...)".
+            ("postgresql+psycopg://postgres@127.0.0.1:abc/x", "db upgrade"),
+            ("sqlite://notify.db", "serve"),
         ],
     )
     def test_a_malformed_database_url(self, tmp_path, url, command):
@@ -462,6 +465,49 @@ class TestFailuresAreOneLine:
 
         line = assert_one_line(result, 1, f"port {busy} on 127.0.0.1 is in use")
         assert line.endswith(f"choose another with {option}")
+
+    @pytest.mark.parametrize("command", ["serve", "accounts create", "db upgrade", "db current"])
+    def test_a_file_that_is_not_sqlite(self, tmp_path, command):
+        (tmp_path / "notes.db").write_bytes(b"not SQLite, " * 500)
+        url = f"sqlite:///{tmp_path / 'notes.db'}"
+        result = run_failing(url, tmp_path, *COMMANDS[command])
+
+        assert_one_line(result, 1, f"{tmp_path / 'notes.db'} is not a SQLite database")
+
+    def test_the_api_and_metrics_on_one_port(self, tmp_path, database_url):
+        port = str(free_port())
+        args = ("serve", "--port", port, "--metrics-port", port)
+        result = run_failing(database_url, tmp_path, *args)
+
+        assert_one_line(result, 2, f"the API and /metrics cannot both listen on port {port}")
+
+    def test_a_metrics_host_that_is_not_there_is_named(self, tmp_path, database_url):
+        result = run_failing(
+            database_url,
+            tmp_path,
+            "serve",
+            "--port",
+            str(free_port()),
+            NOTIFY_METRICS_HOST="no-such-host.invalid",
+            NOTIFY_METRICS_PORT=str(free_port()),
+        )
+
+        line = assert_one_line(result, 2, "cannot listen on 'no-such-host.invalid'")
+        assert line.endswith("(NOTIFY_METRICS_HOST)")
+
+    @pytest.mark.parametrize(
+        ("args", "says"),
+        [
+            (("serve", "--workers", "00"), "argument --workers: not a number of processes"),
+            (("serve", "--workers", "-3"), "argument --workers: not a number of processes"),
+            (("serve", "--workers", "45837"), "argument --workers: not a number of processes"),
+            (("healthcheck", "--timeout", "0"), "argument --timeout: not a number of seconds"),
+        ],
+    )
+    def test_a_count_or_timeout_of_nothing(self, tmp_path, database_url, args, says):
+        result = run_failing(database_url, tmp_path, *args)
+
+        assert_one_line(result, 2, says)
 
     @pytest.mark.parametrize("command", ["serve", "accounts create", "db upgrade"])
     def test_an_unwritable_data_folder(self, tmp_path, command):

@@ -58,6 +58,13 @@ def test_every_flag_and_argument_has_help():
         ("NOTIFY_LOG_LEVEL", "loud"),
         ("NOTIFY_WORKER_CONCURRENCY", "0"),
         ("NOTIFY_OUTBOUND_ALLOW", "10.0.0.0/33"),
+        # These started: inf broke every claim (and the metrics thread), 1e12 s of lease
+        # overflowed a datetime, and the URLs failed each delivery or went into each body.
+        ("NOTIFY_DELIVERY_LEASE_SECONDS", "inf"),
+        ("NOTIFY_DELIVERY_LEASE_SECONDS", "1e12"),
+        ("NOTIFY_METRICS_REFRESH_SECONDS", "nan"),
+        ("NOTIFY_SMS_BASE_URL", "notaurl"),
+        ("NOTIFY_PUBLIC_URL", "not a url"),
     ],
 )
 @pytest.mark.parametrize("command", [("serve",), ("worker",), ("db", "upgrade")])
@@ -67,6 +74,12 @@ def test_a_bad_setting_is_one_line(tmp_path, variable, value, command):
     assert "Traceback" not in result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith(f"notify-server: {variable}: ")
+
+
+def test_an_empty_metrics_port_is_unset(tmp_path):
+    # As compose files write it: NOTIFY_METRICS_PORT= with nothing after.
+    result = run(tmp_path, "db", "upgrade", NOTIFY_METRICS_PORT="")
+    assert result.returncode == 0, result.stderr
 
 
 def wait_until_it_catches_sigterm(pid: int, timeout: float = 60) -> None:

@@ -131,11 +131,22 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _check_serve_ports(args: argparse.Namespace, settings: Settings) -> None:
     host = args.host or settings.host
-    check_can_listen(host, args.port or settings.port, "--port or NOTIFY_PORT")
+    port = args.port or settings.port
+    check_can_listen(host, port, "--port or NOTIFY_PORT")
     metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
     if settings.metrics_enabled and metrics_port is not None:
-        metrics_host = settings.metrics_host or host
-        check_can_listen(metrics_host, metrics_port, "--metrics-port or NOTIFY_METRICS_PORT")
+        if metrics_port == port:
+            raise CommandFailed(
+                f"the API and /metrics cannot both listen on port {port}: give"
+                " --metrics-port (NOTIFY_METRICS_PORT) another",
+                2,
+            )
+        check_can_listen(
+            settings.metrics_host or host,
+            metrics_port,
+            "--metrics-port or NOTIFY_METRICS_PORT",
+            host_option="NOTIFY_METRICS_HOST" if settings.metrics_host else "--host or NOTIFY_HOST",
+        )
 
 
 def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
@@ -171,6 +182,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
             settings.metrics_host or settings.host,
             settings.metrics_port,
             "--metrics-port or NOTIFY_METRICS_PORT",
+            host_option="NOTIFY_METRICS_HOST" if settings.metrics_host else "NOTIFY_HOST",
         )
     _wait_for_database(args, settings)
     if not args.no_migrate:
@@ -246,6 +258,13 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _positive_seconds(value: str) -> float:
+    seconds = _seconds(value)
+    if seconds == 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds above 0: {value!r}")
+    return seconds
+
+
 def healthcheck(args: argparse.Namespace, settings: Settings) -> int:
     return probe_health(settings, port=args.port, timeout=args.timeout)
 
@@ -313,6 +332,16 @@ def keys_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _processes(value: str) -> int:
+    # Bounded: each process holds its own pools and ~100 MB, and uvicorn forks them all at
+    # once; a typo of 45837 would take the machine down.
+    most = max(64, 4 * (os.cpu_count() or 1))
+    count = int(value) if value.isdigit() else 0
+    if not 1 <= count <= most:
+        raise argparse.ArgumentTypeError(f"not a number of processes (1 to {most}): {value!r}")
+    return count
+
+
 def _port(value: str) -> int:
     port = int(value) if value.isdigit() else 0
     if not 1 <= port <= 65535:
@@ -359,7 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", help="default NOTIFY_HOST or 127.0.0.1")
     serve_cmd.add_argument("--port", type=_port, help="default NOTIFY_PORT or 8000")
     serve_cmd.add_argument(
-        "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+        "--workers",
+        type=_processes,
+        default=1,
+        help="server processes sharing the port (default 1)",
     )
     serve_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations")
     _log_level_flag(serve_cmd)
@@ -462,7 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health_cmd.add_argument("--port", type=_port, help="default NOTIFY_PORT or 8000")
     health_cmd.add_argument(
-        "--timeout", type=_seconds, default=2.0, help="seconds to wait for an answer (default 2)"
+        "--timeout",
+        type=_positive_seconds,
+        default=2.0,
+        help="seconds to wait for an answer (default 2)",
     )
     health_cmd.set_defaults(run=healthcheck, touches_data=False)
     return parser
@@ -497,7 +532,12 @@ def explain(error: Exception, settings: Settings) -> CommandFailed:
     if isinstance(error, DBAPIError):
         if migrate.is_unmigrated(error):
             return CommandFailed(NOT_MIGRATED, 2)
-        if isinstance(error, OperationalError) or error.connection_invalidated:
+        # SQLite says "file is not a database" as a DatabaseError, not an OperationalError.
+        if (
+            isinstance(error, OperationalError)
+            or error.connection_invalidated
+            or "not a database" in str(error.orig)
+        ):
             return CommandFailed(_database_failure(error, settings.database_url))
     _hide_statement_parameters(error)
     lines = str(error).strip().splitlines()
@@ -535,7 +575,10 @@ def _database_failure(error: DBAPIError, database_url: str) -> str:
             " writable, or point NOTIFY_DATABASE_URL elsewhere"
         )
     if "not a database" in reason:
-        return f"{path} is not a SQLite database: point NOTIFY_DATABASE_URL at notify-server's"
+        return (
+            f"{path} is not a SQLite database: point NOTIFY_DATABASE_URL at notify-server's,"
+            " or at a path where none exists yet"
+        )
     if "locked" in reason:
         return f"the SQLite database {path} stayed locked by another process: try again"
     return f"the SQLite database {path} failed: {reason}"
@@ -559,8 +602,11 @@ SUPPORTED_DATABASES = (
 def check_database_url(database_url: str) -> None:
     """Before anything connects: a URL of a database notify-server speaks, with our driver."""
     try:
-        dialect = make_url(database_url).get_dialect()
-    except ArgumentError:
+        url = make_url(database_url)
+        dialect = url.get_dialect()
+        # What the driver is given: a port that is not a number, `sqlite://n.db` (two slashes).
+        dialect().create_connect_args(url)
+    except (ArgumentError, ValueError):
         raise CommandFailed(
             f"NOTIFY_DATABASE_URL is not a database URL: give {SUPPORTED_DATABASES}", 2
         ) from None
@@ -577,7 +623,9 @@ def check_database_url(database_url: str) -> None:
         )
 
 
-def check_can_listen(host: str, port: int, option: str) -> None:
+def check_can_listen(
+    host: str, port: int, option: str, host_option: str = "--host or NOTIFY_HOST"
+) -> None:
     """Bind and let go, before anything starts: a port in use is one line, not a server that
     starts its worker and then dies on the bind."""
     if not 1 <= port <= 65535:
@@ -589,7 +637,7 @@ def check_can_listen(host: str, port: int, option: str) -> None:
     except socket.gaierror as error:
         raise CommandFailed(
             f"cannot listen on {host!r}: {error.strerror}: give an address of this machine"
-            " (--host or NOTIFY_HOST)",
+            f" ({host_option})",
             2,
         ) from None
     with socket.socket(family, kind) as listener:
@@ -604,8 +652,7 @@ def check_can_listen(host: str, port: int, option: str) -> None:
                 problem = f"needs privileges uid {os.geteuid()} does not have"
             elif error.errno == errno.EADDRNOTAVAIL:
                 raise CommandFailed(
-                    f"{host} is not an address of this machine: give another with --host or"
-                    " NOTIFY_HOST",
+                    f"{host} is not an address of this machine: give another with {host_option}",
                     2,
                 ) from None
             else:
