@@ -3,10 +3,12 @@ request body, a header or a credential."""
 
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import OperationalError
 
 # Attributes every LogRecord has; anything else was passed in `extra` and is kept.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
@@ -77,3 +79,35 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
             **{name: {"level": "INFO"} for name in _SECRET_LOGGERS},
         },
     }
+
+
+class RetryLog:
+    """How a loop that retries for ever says that a pass failed.
+
+    A database that is down or gone fails every pass of every loop, several times a second;
+    its traceback says nothing the first line does not. So a database's OperationalError is
+    one line, without a traceback, and the same failure of the same loop at most once per
+    `every` seconds (saying how many passes failed since). Anything else is a bug of ours:
+    logged with its traceback each time.
+    """
+
+    def __init__(self, logger: logging.Logger, every: float = 30.0) -> None:
+        self._log = logger
+        self._every = every
+        # (what failed, the error's class) -> (when last logged, passes failed since)
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def failed(self, what: str, error: BaseException) -> None:
+        if not isinstance(error, OperationalError):
+            self._log.error("%s failed; retrying", what, exc_info=error)
+            return
+        reason = " ".join(str(error.orig).split())[:300]
+        key = (what, type(error.orig).__name__)
+        now = time.monotonic()
+        logged_at, since = self._seen.get(key, (-self._every, 0))
+        if now - logged_at < self._every:
+            self._seen[key] = (logged_at, since + 1)
+            return
+        also = f" ({since} more such failures since the last line)" if since else ""
+        self._log.error("%s failed; retrying: the database: %s%s", what, reason, also)
+        self._seen[key] = (now, 0)

@@ -25,6 +25,7 @@ from notify_server.config import Settings
 from notify_server.crypto import SecretBox
 from notify_server.db import Database
 from notify_server.delivery import repository
+from notify_server.logs import RetryLog
 from notify_server.notifications.repository import SENT
 from notify_server.outbound import DestinationRefused, OutboundPolicy
 from notify_server.wire import utcnow
@@ -78,6 +79,7 @@ class CallbackReporter:
         # Rows finished by other processes are found by this periodic check.
         self._check_every = max(settings.worker_poll_seconds * 4, 1.0)
         self._wake_event = asyncio.Event()
+        self._retries = RetryLog(log)
         self._stopping = False
         self._client: httpx.AsyncClient | None = None
         # notification id -> the task reporting it; and how many go to each destination.
@@ -92,8 +94,8 @@ class CallbackReporter:
             self._wake_event.clear()
             try:
                 await self._start_due()
-            except Exception:
-                log.exception("looking for delivery callbacks to send failed; retrying")
+            except Exception as error:
+                self._retries.failed("looking for delivery callbacks to send", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_event.wait(), self._check_every)
 

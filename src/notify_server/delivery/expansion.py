@@ -22,6 +22,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection
 
 from notify_server.db import Database
+from notify_server.logs import RetryLog
 from notify_server.notifications import repository
 from notify_server.wire import utcnow_precise
 
@@ -43,6 +44,7 @@ class Expander:
         self._chunk_size = chunk_size
         self._wake_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._retries = RetryLog(log)
 
     def wake(self) -> None:
         """A notification left targets to expand: skip the rest of the poll interval."""
@@ -57,9 +59,9 @@ class Expander:
             started = time.monotonic()
             try:
                 written = await self._database.transaction(self._next_chunk)
-            except Exception:
+            except Exception as error:
                 # e.g. a deadlock with a service being deleted: the chunk rolled back whole.
-                log.exception("expanding a notification's targets failed; retrying")
+                self._retries.failed("expanding a notification's targets", error)
                 written = None
             if written is None:
                 await self._idle()

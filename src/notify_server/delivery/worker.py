@@ -28,6 +28,7 @@ from notify_server.delivery.channel_set import ChannelSet
 from notify_server.delivery.channels import CredentialSecrets, Job, Outcome, Result
 from notify_server.delivery.expansion import Expander
 from notify_server.delivery.repository import Claimed
+from notify_server.logs import RetryLog
 from notify_server.metrics import Metrics
 from notify_server.notifications.repository import FAILED, PENDING, SENT, deliveries
 from notify_server.outbound import OutboundPolicy
@@ -135,6 +136,7 @@ class OutcomeRecorder:
         # record locking the same rows in different orders would deadlock each other.
         self._lock = asyncio.Lock()
         self._refusals = _content_errors(database)
+        self._retries = RetryLog(log)
         self.flushes = 0  # transactions that recorded answers (for tests and the bench)
 
     def add(self, row: Claimed, result: Result) -> None:
@@ -186,9 +188,9 @@ class OutcomeRecorder:
                     else:
                         self._on_recorded(batch)
                     raise
-                except Exception:
+                except Exception as error:
                     self._waiting[:0] = batch
-                    log.exception("recording %d delivery answers failed; retrying", len(batch))
+                    self._retries.failed(f"recording {len(batch)} delivery answers", error)
                     return False
                 finally:
                     self._writing = []
@@ -264,6 +266,7 @@ class DeliveryWorker:
         self._database = database
         self._box = box
         self._settings = settings
+        self._retries = RetryLog(log)
         self._channels = channels or ChannelSet(settings)
         self._metrics = metrics
         self._callbacks = CallbackReporter(
@@ -360,8 +363,8 @@ class DeliveryWorker:
         self._claiming = None
         try:
             rows = claiming.result()
-        except Exception:
-            log.exception("claiming deliveries failed; retrying")
+        except Exception as error:
+            self._retries.failed("claiming deliveries", error)
             rows = []
         if rows:
             self._ready.extend(rows)
@@ -409,8 +412,8 @@ class DeliveryWorker:
         lease_until = utcnow_precise() + timedelta(seconds=self._lease_seconds)
         try:
             await self.outcomes.renew_leases(ids, lease_until)
-        except Exception:
-            log.exception("renewing delivery leases failed; retrying")
+        except Exception as error:
+            self._retries.failed("renewing delivery leases", error)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; let what is in flight finish and record its answers (what does not
