@@ -426,6 +426,20 @@ class TestFailuresAreOneLine:
         line = assert_one_line(result, 2, revision)
         assert "base, 0001, " in line and ", head)" in line
 
+    @pytest.mark.parametrize("command", ["db upgrade", "db downgrade", "serve"])
+    def test_a_database_a_newer_notify_server_migrated(self, tmp_path, blank_url, command):
+        assert run_failing(blank_url, tmp_path, "db", "upgrade").returncode == 0
+        engine = make_engine(blank_url)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+        engine.dispose()
+
+        result = run_failing(blank_url, tmp_path, *COMMANDS[command])
+
+        # It was alembic's "Can't locate revision identified by '0099'".
+        line = assert_one_line(result, 2, "the database's schema is at revision 0099")
+        assert "a newer notify-server migrated it" in line
+
     @pytest.mark.parametrize(
         ("variable", "value", "says"),
         [

@@ -527,6 +527,15 @@ def explain(error: Exception, settings: Settings) -> CommandFailed:
     if isinstance(error, NotWritable | DatabaseNotReady):
         return CommandFailed(str(error), 1)
     if isinstance(error, CommandError):  # alembic: an unknown revision, a bad target
+        stored = _stored_revision(settings.database_url)
+        if stored is not None and stored not in migrate.revisions():
+            return CommandFailed(
+                f"the database's schema is at revision {stored}, which this notify-server"
+                f" (head {migrate.head_revision()}) does not know: a newer notify-server"
+                " migrated it, so run that one (or restore a backup), or the database belongs"
+                " to another application: point NOTIFY_DATABASE_URL elsewhere",
+                2,
+            )
         known = ", ".join(["base", *migrate.revisions(), "head"])
         return CommandFailed(f"{error} (the revisions of this notify-server: {known})", 2)
     if isinstance(error, DBAPIError):
@@ -546,6 +555,13 @@ def explain(error: Exception, settings: Settings) -> CommandFailed:
 
 
 NOT_MIGRATED = "the database is not migrated: run `notify-server db upgrade`"
+
+
+def _stored_revision(database_url: str) -> str | None:
+    try:
+        return migrate.current_revision(database_url)
+    except Exception:  # explaining one failure must not raise another
+        return None
 
 
 def _database_failure(error: DBAPIError, database_url: str) -> str:
