@@ -1181,6 +1181,30 @@ def on_a_terminal(
     return process, shown.decode().replace("\r\n", "\n") + stdout
 
 
+class TestImportDuplicates:
+    def test_a_record_twice_in_one_page_is_copied_once_and_reported(
+        self, source: Source, importer: Importer, client: TestClient, proxy
+    ) -> None:
+        small = source.services["small"]
+        twice = source.small_bindings["apn"]
+
+        def repeat_one_binding(number: int, path: str) -> Answer | None:
+            if not path.startswith(f"/v1/Services/{small}/Bindings"):
+                return None
+            body = httpx.get(f"{source.base_url}{path}", auth=SOURCE.auth).json()
+            body["bindings"] += [b for b in body["bindings"] if b["sid"] == twice["sid"]]
+            return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+        # It failed the page's insert ("UNIQUE constraint failed"), and every run again.
+        run = succeeded(importer(proxy(repeat_one_binding).url, "--service", small))
+
+        assert run.summary_line("invalid records skipped") == "invalid records skipped: 1"
+        assert f"binding {twice['sid']}: appears twice in the source's list" in run.stdout
+        count = len(source.small_bindings)
+        assert run.summary_line("bindings") == "bindings: " + tally(count, count, 0, 0)
+        assert twice["sid"] in local_binding_sids(client, source, "small")
+
+
 class TestImportSourcePaging:
     def test_a_next_page_that_leads_back_is_one_line_not_a_hang(
         self, source: Source, importer: Importer, proxy

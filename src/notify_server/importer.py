@@ -512,11 +512,19 @@ def _valid(
     records: Iterable[dict], build: Callable[[dict], dict], kind: str, report: Report
 ) -> list[dict]:
     kept = []
+    sids: set[str] = set()
     for record in records:
         try:
-            kept.append(build(record))
+            values = build(record)
+            # Twice in one page: the second would fail the page's unique insert, and every
+            # run again with it.
+            if values["sid"] in sids:
+                raise InvalidRecord("appears twice in the source's list")
         except InvalidRecord as exc:
             report.invalid.append(f"{kind} {record.get('sid')}: {exc}")
+        else:
+            sids.add(values["sid"])
+            kept.append(values)
     return kept
 
 
