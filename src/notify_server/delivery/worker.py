@@ -190,7 +190,9 @@ class OutcomeRecorder:
                     raise
                 except Exception as error:
                     self._waiting[:0] = batch
-                    self._retries.failed(f"recording {len(batch)} delivery answers", error)
+                    # One name whatever the batch's size: the same failure is counted, not
+                    # logged again, while it lasts.
+                    self._retries.failed("recording delivery answers", error)
                     return False
                 finally:
                     self._writing = []
