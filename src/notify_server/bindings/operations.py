@@ -93,7 +93,7 @@ def _new_record(
     service_sid: str,
     date_created: datetime,
     values: dict,
-    binding_id: int | None = None,
+    binding_id: int = 0,
 ) -> BindingRecord:
     return BindingRecord(
         sid=sid,

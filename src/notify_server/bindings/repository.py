@@ -165,9 +165,9 @@ class BindingRecord(NamedTuple):  # a tuple: a list page makes fifty of them
     tags: list[str]
     date_created: datetime
     date_updated: datetime
-    # Orders pages and carries the PageToken. None for a binding just inserted: the request
-    # never waits to learn it.
-    id: int | None = None
+    # Orders pages and carries the PageToken. 0 (no row's id) in what a create answers for a
+    # binding it inserts: the request never waits to learn the id, and no page holds it.
+    id: int = 0
 
 
 def _stored(row: Sequence[Any], service_sid: str) -> BindingRecord:
